@@ -1,0 +1,210 @@
+"""The DREG penalty of one layer, in `keras.ops`.
+
+A layer with kernel `W`, bias `b` and an elementwise activation `phi`
+computes `z = h W + b`, `a = phi(z)`. Its Jacobian is
+`da/dh = W diag(phi'(z))`, so
+
+    ||J||_F^2 = sum_j phi'(z_j)^2 * ||w_j||^2
+
+where `w_j` is the weight vector of unit `j` (its receptive field). For
+layers applied at many positions (convolutions, `Dense` on sequences,
+`EinsumDense`) the same sum over units is taken at every position and
+averaged over batch and positions:
+
+    DREG_layer(x) = mean_{batch, positions} sum_j phi'(z_j)^2 ||w_j||^2
+
+For `Dense` this is the batch mean of the squared Frobenius norm of the
+layer Jacobian; for a convolution with `padding="valid"` it is that norm
+divided by the number of output positions.
+
+When a `BatchNormalization` stands between the kernel layer and the
+activation, unit `j` is further multiplied by the normalization's scale
+`gamma_j / sqrt(var_j + eps)` (batch variance in training), so
+`||w_j||^2` becomes `(gamma_j^2 / (var_j + eps)) * ||w_j||^2`. The
+dependence of the batch statistics on `h` is ignored.
+
+No second backward pass is needed: `phi'` has a closed form (see
+`keras_dreg.derivatives`), and gradients flow through both `W` and
+`phi'(z)`. Everything is computed in float32, also under mixed precision.
+"""
+
+import keras
+from keras import layers
+from keras import ops
+
+DENSE_LAYERS = (layers.Dense,)
+EINSUM_LAYERS = (layers.EinsumDense,)
+SEPARABLE_LAYERS = (layers.SeparableConv1D, layers.SeparableConv2D)
+DEPTHWISE_LAYERS = (layers.DepthwiseConv1D, layers.DepthwiseConv2D)
+TRANSPOSE_LAYERS = (
+    layers.Conv1DTranspose,
+    layers.Conv2DTranspose,
+    layers.Conv3DTranspose,
+)
+CONV_LAYERS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
+KERNEL_LAYERS = (
+    DENSE_LAYERS
+    + EINSUM_LAYERS
+    + SEPARABLE_LAYERS
+    + DEPTHWISE_LAYERS
+    + TRANSPOSE_LAYERS
+    + CONV_LAYERS
+)
+
+
+def is_kernel_layer(layer: keras.layers.Layer) -> bool:
+    """Whether DREG knows the Jacobian of `layer`'s linear part."""
+    return isinstance(layer, KERNEL_LAYERS)
+
+
+def unit_axis(layer: keras.layers.Layer) -> int:
+    """The axis of `layer`'s output that indexes its units (channels).
+
+    `-1` for `Dense`, `EinsumDense` and channels-last convolutions, `1`
+    for channels-first convolutions.
+    """
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return 1
+    return -1
+
+
+def unit_weight_norms(layer: keras.layers.Layer) -> keras.KerasTensor:
+    """Squared norms `||w_j||^2` of each unit's weights, in float32.
+
+    The result broadcasts against the layer's output `z`: shape
+    `(units,)` for channels-last layers, `(channels, 1, ..., 1)` for
+    channels-first convolutions, and one axis per output letter of an
+    `EinsumDense` equation (size 1 where the kernel does not index it).
+
+    - `Dense`, `Conv*`: kernel `(..., fan_in, units)`, sum over all but
+      the last axis.
+    - `Conv*Transpose`: kernel `(*k, units, fan_in)`; each output position
+      sees `1/prod(strides)` of the taps on average, so the sum is divided
+      by `prod(strides)` (exact for `strides=1`).
+    - `DepthwiseConv*`: kernel `(*k, channels, multiplier)`; output
+      channel `c * multiplier + m` sees `kernel[..., c, m]`.
+    - `SeparableConv*`: the effective kernel of output `f` is
+      `E[k, c, f] = sum_m depthwise[k, c, m] * pointwise[c * M + m, f]`.
+    - `EinsumDense`: the kernel summed over its letters that the output
+      does not carry.
+
+    Example:
+
+    >>> layer = keras.layers.Dense(3)
+    >>> layer.build((None, 2))
+    >>> unit_weight_norms(layer).shape
+    (3,)
+    """
+    if isinstance(layer, EINSUM_LAYERS):
+        return _einsum_norms(layer)
+    if isinstance(layer, SEPARABLE_LAYERS):
+        norms = _separable_norms(layer)
+    elif isinstance(layer, DEPTHWISE_LAYERS):
+        kernel = ops.cast(layer.kernel, "float32")
+        norms = ops.reshape(
+            ops.sum(ops.square(kernel), axis=tuple(range(layer.rank))), (-1,)
+        )
+    elif isinstance(layer, TRANSPOSE_LAYERS):
+        kernel = ops.cast(layer.kernel, "float32")
+        axes = tuple(range(layer.rank)) + (layer.rank + 1,)
+        stride_count = 1
+        for stride in layer.strides:
+            stride_count *= stride
+        norms = ops.sum(ops.square(kernel), axis=axes) / stride_count
+    else:
+        kernel = ops.cast(layer.kernel, "float32")
+        norms = ops.sum(ops.square(kernel), axis=tuple(range(kernel.ndim - 1)))
+    if unit_axis(layer) == 1:
+        norms = ops.reshape(norms, (-1,) + (1,) * layer.rank)
+    return norms
+
+
+def _separable_norms(layer):
+    depthwise = ops.cast(layer.depthwise_kernel, "float32")
+    pointwise = ops.cast(layer.pointwise_kernel, "float32")
+    channels, multiplier = depthwise.shape[-2], depthwise.shape[-1]
+    pointwise = ops.reshape(pointwise, (channels, multiplier, -1))
+    effective = ops.einsum("...cm,cmf->...cf", depthwise, pointwise)
+    return ops.sum(
+        ops.square(effective), axis=tuple(range(effective.ndim - 1))
+    )
+
+
+def _einsum_norms(layer):
+    inputs_spec, output_spec = layer.equation.split("->")
+    kernel_spec = inputs_spec.split(",")[1].strip()
+    output_spec = output_spec.strip()
+    if "..." in output_spec and not output_spec.startswith("..."):
+        raise ValueError(
+            f"EinsumDense layer '{layer.name}' has equation "
+            f"'{layer.equation}'; DREG supports an ellipsis only at the "
+            "start of the output. Exclude this layer with "
+            f"`exclude=['{layer.name}']`."
+        )
+    output_letters = output_spec.replace("...", "")
+    unit_letters = "".join(c for c in output_letters if c in kernel_spec)
+    kernel = ops.cast(layer.kernel, "float32")
+    norms = ops.einsum(f"{kernel_spec}->{unit_letters}", ops.square(kernel))
+    sizes = dict(zip(unit_letters, norms.shape))
+    return ops.reshape(norms, tuple(sizes.get(c, 1) for c in output_letters))
+
+
+def batch_norm_scale(
+    batch_norm: keras.layers.BatchNormalization, inputs, training: bool
+):
+    """Per-channel scale `gamma / sqrt(var + eps)` a `BatchNormalization`
+    applied to `inputs`, shaped to broadcast against them.
+
+    In training (and when the layer is trainable) `var` is the batch
+    variance, as the layer computes it; otherwise the moving variance.
+    """
+    inputs = ops.cast(inputs, "float32")
+    axis = batch_norm.axis % inputs.ndim
+    if training and batch_norm.trainable:
+        reduction_axes = tuple(i for i in range(inputs.ndim) if i != axis)
+        _, variance = ops.moments(
+            inputs, axes=reduction_axes, synchronized=batch_norm.synchronized
+        )
+    else:
+        variance = ops.cast(batch_norm.moving_variance, "float32")
+    scale = ops.rsqrt(variance + batch_norm.epsilon)
+    if batch_norm.scale:
+        scale = scale * ops.cast(batch_norm.gamma, "float32")
+    shape = [1] * inputs.ndim
+    shape[axis] = -1
+    return ops.reshape(scale, shape)
+
+
+def layer_penalty(
+    layer: keras.layers.Layer,
+    pre_activation,
+    derivative,
+    unit_scale=None,
+    stop_gradient_derivative: bool = False,
+):
+    """`mean_{batch, positions} sum_j phi'(z_j)^2 ||w_j||^2` for one call.
+
+    Args:
+        layer: The kernel layer.
+        pre_activation: `z`, the input of the activation.
+        derivative: `phi'`, elementwise, in `keras.ops`.
+        unit_scale: Optional per-unit factor that multiplies `z` between
+            the layer and the activation (a `BatchNormalization` scale).
+        stop_gradient_derivative: Treat `phi'(z)` as a constant in the
+            backward pass.
+
+    Returns:
+        A float32 scalar.
+    """
+    z = ops.cast(pre_activation, "float32")
+    slope = ops.cast(derivative(z), "float32")
+    if stop_gradient_derivative:
+        slope = ops.stop_gradient(slope)
+    norms = unit_weight_norms(layer)
+    weighted = ops.square(slope) * norms
+    if unit_scale is not None:
+        weighted = weighted * ops.square(unit_scale)
+    unit_count = 1
+    for size in norms.shape:
+        unit_count *= size
+    return ops.mean(weighted) * unit_count
