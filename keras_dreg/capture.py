@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import keras
 from keras import layers
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_dreg import derivatives
 from keras_dreg import penalty
@@ -283,7 +284,9 @@ class ActivationCapture:
 
     def _current(self, index):
         records = self.records
-        if records is None:
+        if records is None or in_symbolic_scope():
+            # Shape inference (a first call building the layers) runs the
+            # layer in a scratch graph; those tensors are not the step's.
             return None
         site_records = records[index]
         if not site_records or site_records[-1].pre_activation is not None:

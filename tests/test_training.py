@@ -1,0 +1,159 @@
+"""`fit`, `train_on_batch`, `evaluate` and `predict` with the penalty."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_dreg
+
+RNG = np.random.default_rng(1)
+X = RNG.normal(size=(64, 8)).astype("float32")
+Y = RNG.integers(0, 3, size=(64,))
+JIT_OPTIONS = ["auto", False] if keras.backend.backend() != "torch" else [False]
+
+
+def _functional(lam=keras_dreg.DEFAULT_LAM, **options):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(16, activation="gelu")(inputs)
+    x = keras.layers.Dense(16, activation="tanh")(x)
+    outputs = keras.layers.Dense(3)(x)
+    return keras_dreg.DREGRegularizedModel(inputs, outputs, lam=lam, **options)
+
+
+class Subclassed(keras_dreg.DREGRegularizedModel):
+    def __init__(self, units=16, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(units, activation="gelu")
+        self.head = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.head(self.hidden(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def _compile(model, jit_compile=False, lr=1e-2):
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def _jacobian_norm(model):
+    """The unweighted DREG of `model` on `X` (lam = 1)."""
+    measure = keras_dreg.wrap(model, lam=1.0)
+    return float(keras.ops.convert_to_numpy(measure.dreg_penalty(X)))
+
+
+@pytest.mark.parametrize("jit_compile", JIT_OPTIONS)
+def test_fit_lowers_the_penalty_versus_no_penalty(jit_compile):
+    norms, histories = {}, {}
+    for lam in (0.0, 0.3):
+        model = _compile(_functional(lam=lam), jit_compile, lr=0.05)
+        histories[lam] = model.fit(X, Y, epochs=5, batch_size=16, verbose=0)
+        norms[lam] = _jacobian_norm(model)
+    penalized = histories[0.3].history
+    assert np.all(np.isfinite(penalized["loss"]))
+    assert penalized["dreg_penalty"][-1] < penalized["dreg_penalty"][0]
+    assert histories[0.0].history["dreg_penalty"] == [0.0] * 5
+    # Same seed and data: the penalized run ends with a smaller Jacobian.
+    assert norms[0.3] < 0.8 * norms[0.0]
+
+
+@pytest.mark.parametrize("jit_compile", JIT_OPTIONS)
+def test_loss_minus_penalty_is_the_plain_loss(jit_compile):
+    model = _compile(_functional(lam=0.5), jit_compile, lr=0.0)
+    logs = model.train_on_batch(X, Y, return_dict=True)
+    plain = model.evaluate(X, Y, batch_size=64, verbose=0, return_dict=True)
+    assert logs["dreg_penalty"] > 0
+    np.testing.assert_allclose(
+        logs["loss"] - logs["dreg_penalty"], plain["loss"], rtol=1e-5
+    )
+    penalty = float(keras.ops.convert_to_numpy(model.dreg_penalty(X)))
+    np.testing.assert_allclose(logs["dreg_penalty"], penalty, rtol=1e-5)
+
+
+def test_evaluate_and_predict_after_fit_see_no_penalty():
+    model = _compile(_functional(lam=0.5), jit_compile="auto")
+    model.fit(X, Y, epochs=1, batch_size=16, verbose=0)
+    plain = keras.Model(model.inputs, model.outputs)
+    plain.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    logs = model.evaluate(X, Y, verbose=0, return_dict=True)
+    assert "dreg_penalty" not in logs
+    expected = plain.evaluate(X, Y, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], expected["loss"], rtol=1e-6)
+    np.testing.assert_allclose(model.predict(X, verbose=0), plain.predict(X, verbose=0))
+    # The hooks are gone: the layers are as built.
+    for site in model.dreg_layers:
+        assert "call" not in vars(site.layer)
+        assert site.layer.activation is keras.activations.get(
+            site.layer.get_config()["activation"]
+        )
+
+
+def test_validation_data_and_history():
+    model = _compile(_functional())
+    history = model.fit(
+        X, Y, validation_data=(X, Y), epochs=2, batch_size=32, verbose=0
+    )
+    assert "dreg_penalty" in history.history
+    assert "val_dreg_penalty" not in history.history
+    assert "val_loss" in history.history
+
+
+def test_functional_and_subclass_forms_in_one_process():
+    """keras-team/keras#17270: functional construction of a Model
+    subclass must not break subclass-style use afterwards."""
+    functional = _compile(_functional())
+    functional.fit(X, Y, epochs=1, verbose=0)
+    subclassed = _compile(Subclassed(lam=0.1))
+    history = subclassed.fit(X, Y, epochs=1, verbose=0)
+    assert history.history["dreg_penalty"][0] > 0
+    assert [s.name for s in subclassed.dreg_layers] == [subclassed.hidden.name]
+    assert not isinstance(subclassed, type(functional))
+
+
+def test_wrap_shares_weights_with_nested_model():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu")]
+    )
+    base = keras.Sequential([inner, keras.layers.Dense(3)])
+    model = _compile(keras_dreg.wrap(base, lam=0.1))
+    before = [np.array(w) for w in base.get_weights()]
+    model.fit(X, Y, epochs=1, verbose=0)
+    assert [s.layer for s in model.dreg_layers] == [inner.layers[0]]
+    after = base.get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    np.testing.assert_allclose(model.predict(X, verbose=0), base.predict(X, verbose=0))
+
+
+def test_every_n_steps_applies_penalty_on_every_kth_step():
+    model = _compile(_functional(lam=0.5, every_n_steps=2), lr=0.0)
+    applied = [
+        model.train_on_batch(X, Y, return_dict=True)["dreg_penalty"]
+        for _ in range(4)
+    ]
+    penalty = float(keras.ops.convert_to_numpy(model.dreg_penalty(X)))
+    np.testing.assert_allclose(applied, [penalty, 0, penalty, 0], rtol=1e-5)
+
+
+def test_layer_weights_and_include_exclude():
+    base = _functional(lam=1.0)
+    names = [s.name for s in base.dreg_layers]
+    weighted = keras_dreg.wrap(base, lam=1.0, layer_weights={names[0]: 0.0})
+    terms = weighted.dreg_penalty(X, per_layer=True)
+    assert float(terms[names[0]]) == 0.0
+    only = keras_dreg.wrap(base, include=[names[1]])
+    assert [s.name for s in only.dreg_layers] == [names[1]]
+    with pytest.raises(ValueError, match="no layer DREG can regularize"):
+        keras_dreg.wrap(base, exclude=["Dense"])
