@@ -1,0 +1,510 @@
+"""Closed-form derivatives `phi'(z)` of elementwise activations.
+
+DREG weights each unit's incoming weight norm by `phi'(z)^2`, the squared
+derivative of the layer's activation at the unit's pre-activation `z`. This
+module gives `phi'` in closed form, written with `keras.ops` only, so the
+penalty needs no second backward pass and runs unchanged on every backend.
+The closed forms are smooth `keras.ops` expressions: gradients flow through
+`phi'(z)` into `z` during training.
+
+`describe_activation` classifies an activation (a function, its name, a
+`functools.partial` of a known function, or an activation layer) as
+`"elementwise"` (with `phi'`), `"linear"` (the identity) or
+`"non_elementwise"` (softmax-like: its Jacobian is not diagonal).
+
+Derivatives of the activations Keras ships (`[c]` is 1 where `c` holds,
+else 0; `s(z)` is the sigmoid, `sp(z)` the softplus):
+
+    relu(negative_slope=a, max_value=m, threshold=t)
+                          [z > t] [0 < z < m] + a [z < t]
+                          (the [0 < z < m] factor only when m is set;
+                          with a != 0 and neither m nor t: leaky_relu)
+    leaky_relu(negative_slope=a)   1 if z >= 0 else a
+    relu6                 [0 < z < 6]
+    elu(alpha=a)          1 if z > 0 else a exp(z)
+    celu(alpha=a)         1 if z > 0 else exp(z / a)
+    selu                  l if z > 0 else l b exp(z)
+                          (l = 1.0507..., b = 1.6732...)
+    gelu                  Phi(z) + z N(z)
+                          (Phi, N: standard normal CDF and density)
+    gelu(approximate=True)
+                          (1 + u) / 2 + z (1 - u^2) c (1 + 3 k z^2) / 2,
+                          u = tanh(c (z + k z^3)), c = sqrt(2 / pi),
+                          k = 0.044715
+    tanh                  1 - tanh(z)^2
+    sigmoid               s(z) (1 - s(z))
+    hard_sigmoid          [-3 < z < 3] / 6
+    sparse_sigmoid        [-1 < z < 1] / 2
+    silu, swish           s(z) (1 + z (1 - s(z)))
+    hard_silu, hard_swish 0 if z <= -3, (2 z + 3) / 6 if z < 3, else 1
+    softplus              s(z)
+    softsign              1 / (1 + |z|)^2
+    mish                  tanh(sp(z)) + z s(z) (1 - tanh(sp(z))^2)
+    exponential           exp(z)
+    log_sigmoid           s(-z)
+    tanh_shrink           tanh(z)^2
+    hard_tanh             [-1 <= z <= 1]
+    soft_shrink(threshold=t), hard_shrink(threshold=t)
+                          [|z| > t]
+    squareplus(b)         (1 + z / sqrt(z^2 + b)) / 2
+    sparse_plus           0 if z <= -1, (z + 1) / 2 if z < 1, else 1
+    threshold(threshold=t, default_value=v)
+                          [z > t]
+    PReLU layer (weight a)
+                          1 if z > 0 else a
+
+The same forms serve the `keras.ops` functions (`keras.ops.gelu` defaults
+to `approximate=True`) and the `ReLU`, `LeakyReLU`, `ELU` and `PReLU`
+layers. `linear` (and `None`) is `"linear"`; `softmax`, `log_softmax`,
+`glu` and `sparsemax` (and the `Softmax` layer) are `"non_elementwise"`.
+
+At a kink `phi'` takes one of its one-sided values, as the inequalities
+above spell out: the one JAX's autodiff of the Keras implementation gives
+(`relu'(0) = 0`, `leaky_relu'(0) = 1`, `elu'(0) = a`, `hard_tanh'(+-1) = 1`,
+...). JAX gives neither side in two places: at the ends of a `clip` it
+averages them (`relu(max_value=m)` at `m`, `sparse_sigmoid` at `+-1`), where
+`phi'` is 0, the flat side; and for `PReLU` at 0 it gives 0, where `phi'`
+is `a`, the slope below 0.
+
+Other callables use the derivative registered for them with
+`register_derivative`, or else autodiff: `keras.ops.jvp` with a tangent of
+ones, which equals `phi'(z)` only for elementwise functions, with a one-time
+warning. The JVP is itself differentiable on the TensorFlow, JAX and
+PyTorch backends, so gradients flow through the fallback too.
+"""
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+
+import keras
+from keras import layers
+from keras import ops
+
+Tensor = Any
+Derivative = Callable[[Tensor], Tensor]
+
+_ELEMENTWISE = "elementwise"
+_LINEAR = "linear"
+_NON_ELEMENTWISE = "non_elementwise"
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_K = 0.044715
+_INV_SQRT_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+class ActivationInfo(NamedTuple):
+    """What DREG needs to know about an activation.
+
+    Attributes:
+        name: Human-readable name, e.g. `"gelu(approximate=True)"`,
+            `"ReLU(max_value=6.0)"` or `"my_act (autodiff)"`.
+        kind: `"elementwise"`, `"linear"` or `"non_elementwise"`.
+        derivative: `phi'`, mapping `z` to a tensor of the same shape and
+            dtype; `None` unless `kind` is `"elementwise"`.
+    """
+
+    name: str
+    kind: str
+    derivative: Derivative | None
+
+
+class _Known(NamedTuple):
+    fn: Callable
+    kind: str
+    derivative: Callable | None = None
+    defaults: dict = {}
+
+
+def _indicator(condition, x):
+    return ops.cast(condition, x.dtype)
+
+
+def _between(x, low, high):
+    return _indicator(ops.logical_and(x > low, x < high), x)
+
+
+def _relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    if negative_slope != 0.0 and max_value is None and threshold == 0:
+        return _leaky_relu(x, negative_slope)
+    active = x > threshold
+    if max_value is not None:
+        active = ops.logical_and(active, ops.logical_and(x > 0, x < max_value))
+    return _indicator(active, x) + negative_slope * _indicator(x < threshold, x)
+
+
+def _leaky_relu(x, negative_slope=0.2):
+    return _indicator(x >= 0, x) + negative_slope * _indicator(x < 0, x)
+
+
+def _relu6(x):
+    return _between(x, 0.0, 6.0)
+
+
+def _elu(x, alpha=1.0):
+    # `minimum` keeps the unselected branch finite, so its gradient is 0.
+    return ops.where(
+        x > 0, ops.ones_like(x), alpha * ops.exp(ops.minimum(x, 0))
+    )
+
+
+def _celu(x, alpha=1.0):
+    return ops.where(
+        x > 0, ops.ones_like(x), ops.exp(ops.minimum(x, 0) / alpha)
+    )
+
+
+def _selu(x):
+    return _SELU_SCALE * _elu(x, _SELU_ALPHA)
+
+
+def _gelu(x, approximate=False):
+    if approximate:
+        u = ops.tanh(_GELU_C * (x + _GELU_K * x**3))
+        slope = _GELU_C * (1.0 + 3.0 * _GELU_K * x**2)
+        return 0.5 * (1.0 + u) * (1.0 + x * (1.0 - u) * slope)
+    cdf = 0.5 * (1.0 + ops.erf(x * _INV_SQRT_2))
+    return cdf + x * _INV_SQRT_2PI * ops.exp(-0.5 * x**2)
+
+
+def _tanh(x):
+    # (1 - t)(1 + t) rather than 1 - t^2: no cancellation where |t| ~ 1.
+    t = ops.tanh(x)
+    return (1.0 - t) * (1.0 + t)
+
+
+def _sigmoid(x):
+    s = ops.sigmoid(x)
+    return s * (1.0 - s)
+
+
+def _hard_sigmoid(x):
+    return _between(x, -3.0, 3.0) / 6.0
+
+
+def _sparse_sigmoid(x):
+    return _between(x, -1.0, 1.0) / 2.0
+
+
+def _silu(x):
+    s = ops.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+def _hard_silu(x):
+    return _between(x, -3.0, 3.0) * (2.0 * x + 3.0) / 6.0 + _indicator(
+        x >= 3.0, x
+    )
+
+
+def _softplus(x):
+    return ops.sigmoid(x)
+
+
+def _softsign(x):
+    return 1.0 / (1.0 + ops.abs(x)) ** 2
+
+
+def _mish(x):
+    t = ops.tanh(ops.softplus(x))
+    return t + x * ops.sigmoid(x) * (1.0 - t) * (1.0 + t)
+
+
+def _exponential(x):
+    return ops.exp(x)
+
+
+def _log_sigmoid(x):
+    return ops.sigmoid(-x)
+
+
+def _tanh_shrink(x):
+    return ops.tanh(x) ** 2
+
+
+def _hard_tanh(x):
+    return _indicator(ops.abs(x) <= 1.0, x)
+
+
+def _shrink(x, threshold=0.5):
+    return _indicator(ops.abs(x) > threshold, x)
+
+
+def _squareplus(x, b=4):
+    return 0.5 * (1.0 + x / ops.sqrt(x**2 + b))
+
+
+def _sparse_plus(x):
+    return _between(x, -1.0, 1.0) * (x + 1.0) / 2.0 + _indicator(x >= 1.0, x)
+
+
+def _threshold(x, threshold, default_value):
+    del default_value  # `phi'` does not depend on it.
+    return _indicator(x > threshold, x)
+
+
+def _prelu(x, layer):
+    alpha = ops.cast(layer.alpha, x.dtype)
+    return ops.where(x > 0, ops.ones_like(x), alpha)
+
+
+# Names in `keras.activations` and `keras.ops`, with `phi'` taking the same
+# arguments as the activation (missing names are skipped: older Keras).
+_ELEMENTWISE_DERIVATIVES = {
+    "relu": _relu,
+    "leaky_relu": _leaky_relu,
+    "relu6": _relu6,
+    "elu": _elu,
+    "celu": _celu,
+    "selu": _selu,
+    "gelu": _gelu,
+    "tanh": _tanh,
+    "sigmoid": _sigmoid,
+    "hard_sigmoid": _hard_sigmoid,
+    "sparse_sigmoid": _sparse_sigmoid,
+    "silu": _silu,
+    "swish": _silu,
+    "hard_silu": _hard_silu,
+    "hard_swish": _hard_silu,
+    "softplus": _softplus,
+    "softsign": _softsign,
+    "mish": _mish,
+    "exponential": _exponential,
+    "exp": _exponential,
+    "log_sigmoid": _log_sigmoid,
+    "tanh_shrink": _tanh_shrink,
+    "hard_tanh": _hard_tanh,
+    "soft_shrink": _shrink,
+    "hard_shrink": _shrink,
+    "squareplus": _squareplus,
+    "sparse_plus": _sparse_plus,
+    "threshold": _threshold,
+}
+_NON_ELEMENTWISE_NAMES = ("softmax", "log_softmax", "glu", "sparsemax")
+
+
+def _changed_defaults(fn, derivative):
+    """`fn`'s defaults that differ from `derivative`'s (`ops.gelu`)."""
+    reference = inspect.signature(derivative).parameters
+    return {
+        name: param.default
+        for name, param in inspect.signature(fn).parameters.items()
+        if name in reference
+        and param.default is not inspect.Parameter.empty
+        and param.default != reference[name].default
+    }
+
+
+def _builtin_table():
+    table = {}
+    for module in (keras.activations, ops):
+        for name, derivative in _ELEMENTWISE_DERIVATIVES.items():
+            fn = getattr(module, name, None)
+            if fn is not None:
+                defaults = _changed_defaults(fn, derivative)
+                table[id(fn)] = _Known(fn, _ELEMENTWISE, derivative, defaults)
+        for name in _NON_ELEMENTWISE_NAMES:
+            fn = getattr(module, name, None)
+            if fn is not None:
+                table[id(fn)] = _Known(fn, _NON_ELEMENTWISE)
+    linear = keras.activations.linear
+    table[id(linear)] = _Known(linear, _LINEAR)
+    return table
+
+
+_BUILTINS = _builtin_table()
+_REGISTRY = {}
+_WARNED = {}
+
+
+def register_derivative(fn: Callable, derivative: Callable) -> None:
+    """Registers the closed-form derivative of a custom activation.
+
+    `describe_activation` looks here first, so a registration also
+    overrides a built-in derivative. The key is the function object itself;
+    if `fn` is registered with `keras.saving.register_keras_serializable`,
+    its registered name (e.g. `"my_package>my_act"`) resolves to it too.
+    A `functools.partial` of `fn` gets `derivative` with the same bound
+    arguments, so `derivative` should accept the arguments `fn` does.
+
+    Example:
+
+    >>> def scaled_tanh(x, scale=2.0):
+    ...     return scale * keras.ops.tanh(x)
+    >>> def scaled_tanh_derivative(x, scale=2.0):
+    ...     return scale * (1.0 - keras.ops.tanh(x) ** 2)
+    >>> register_derivative(scaled_tanh, scaled_tanh_derivative)
+    >>> describe_activation(scaled_tanh).kind
+    'elementwise'
+
+    Args:
+        fn: The activation, an elementwise callable.
+        derivative: Its derivative `phi'`, a callable mapping `z` to a
+            tensor of the same shape, written with `keras.ops`.
+
+    Raises:
+        TypeError: If `fn` or `derivative` is not callable.
+    """
+    for arg_name, value in (("fn", fn), ("derivative", derivative)):
+        if not callable(value):
+            raise TypeError(
+                f"register_derivative expects `{arg_name}` to be callable. "
+                f"Received: {arg_name}={value!r} of type "
+                f"{type(value).__name__}"
+            )
+    _REGISTRY[id(fn)] = _Known(fn, _ELEMENTWISE, derivative)
+
+
+def describe_activation(activation) -> ActivationInfo:
+    """Classifies an activation and returns its derivative `phi'`.
+
+    Accepts a function from `keras.activations` or `keras.ops`, its name
+    (or a registered custom object's name), `None` (linear), a
+    `functools.partial` binding keyword options of a known or registered
+    function (`partial(gelu, approximate=True)`), or an activation layer
+    (`Activation`, `ReLU`, `LeakyReLU`, `ELU`, `PReLU`, `Softmax`). Other
+    callables fall back to autodiff (see the module docstring) and warn
+    once per callable.
+
+    Example:
+
+    >>> info = describe_activation("gelu")
+    >>> info.name, info.kind
+    ('gelu', 'elementwise')
+    >>> keras.ops.convert_to_numpy(info.derivative(keras.ops.zeros((2,))))
+    array([0.5, 0.5], dtype=float32)
+    >>> describe_activation(keras.layers.ReLU(max_value=6.0)).name
+    'ReLU(max_value=6.0)'
+    >>> describe_activation("softmax").kind
+    'non_elementwise'
+
+    Args:
+        activation: The activation to describe.
+
+    Returns:
+        An `ActivationInfo`.
+
+    Raises:
+        TypeError: If `activation` is neither callable nor an identifier.
+        ValueError: If a name is not a known activation.
+    """
+    fn = _resolve(activation)
+    known, options = _match(fn)
+    if known is not None:
+        return _describe_known(known, options)
+    layer_info = _describe_layer(fn)
+    if layer_info is not None:
+        return layer_info
+    return _describe_unknown(fn)
+
+
+def _resolve(activation):
+    if isinstance(activation, str):
+        registered = keras.saving.get_registered_object(activation)
+        if registered is not None:
+            return registered
+    if activation is None or isinstance(activation, (str, dict)):
+        return keras.activations.get(activation)
+    if not callable(activation):
+        raise TypeError(
+            "describe_activation expects a callable, an activation name or "
+            f"None. Received: {activation!r} of type "
+            f"{type(activation).__name__}"
+        )
+    return activation
+
+
+def _lookup(fn):
+    return _REGISTRY.get(id(fn)) or _BUILTINS.get(id(fn))
+
+
+def _match(fn):
+    """The known entry for `fn` and the options bound to it, if any."""
+    known = _lookup(fn)
+    if known is not None:
+        return known, {}
+    # Bound positional arguments would take `x`'s place: not an option.
+    if isinstance(fn, functools.partial) and not fn.args:
+        known = _lookup(fn.func)
+        if known is not None:
+            return known, dict(fn.keywords)
+    return None, None
+
+
+def _describe_known(known, options):
+    options = {**known.defaults, **options}
+    derivative = known.derivative
+    if derivative is not None and options:
+        derivative = functools.partial(derivative, **options)
+    name = _format_name(_callable_name(known.fn), options)
+    return ActivationInfo(name, known.kind, derivative)
+
+
+_PARAMETRIC_LAYERS = {
+    layers.ReLU: (_relu, ("max_value", "negative_slope", "threshold")),
+    layers.LeakyReLU: (_leaky_relu, ("negative_slope",)),
+    layers.ELU: (_elu, ("alpha",)),
+}
+
+
+def _describe_layer(layer):
+    """Describes the activation layers Keras ships; `None` for others."""
+    layer_type = type(layer)
+    if layer_type is layers.Activation:
+        return describe_activation(layer.activation)
+    if layer_type is layers.Softmax:
+        return ActivationInfo("Softmax", _NON_ELEMENTWISE, None)
+    if layer_type is layers.PReLU:
+        derivative = functools.partial(_prelu, layer=layer)
+        return ActivationInfo("PReLU", _ELEMENTWISE, derivative)
+    if layer_type not in _PARAMETRIC_LAYERS:
+        return None
+    derivative, names = _PARAMETRIC_LAYERS[layer_type]
+    options = {name: getattr(layer, name) for name in names}
+    defaults = inspect.signature(layer_type).parameters
+    shown = {k: v for k, v in options.items() if v != defaults[k].default}
+    return ActivationInfo(
+        _format_name(layer_type.__name__, shown),
+        _ELEMENTWISE,
+        functools.partial(derivative, **options),
+    )
+
+
+def _describe_unknown(fn):
+    name = _callable_name(fn)
+    if id(fn) not in _WARNED:
+        _WARNED[id(fn)] = fn
+        warnings.warn(
+            f"The activation `{name}` has no registered closed-form "
+            "derivative. DREG falls back to autodiff (`keras.ops.jvp`), "
+            "which is correct only if the activation is elementwise. To "
+            "silence this warning, register its derivative with "
+            "`keras_dreg.register_derivative(fn, derivative)`.",
+            UserWarning,
+            stacklevel=3,
+        )
+    derivative = functools.partial(_autodiff_derivative, fn)
+    return ActivationInfo(f"{name} (autodiff)", _ELEMENTWISE, derivative)
+
+
+def _autodiff_derivative(fn, x):
+    return ops.jvp(fn, (x,), (ops.ones_like(x),))[1]
+
+
+def _callable_name(fn):
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _format_name(base, options):
+    if not options:
+        return base
+    args = ", ".join(f"{key}={value!r}" for key, value in options.items())
+    return f"{base}({args})"
