@@ -125,9 +125,7 @@ def _separable_norms(layer):
     channels, multiplier = depthwise.shape[-2], depthwise.shape[-1]
     pointwise = ops.reshape(pointwise, (channels, multiplier, -1))
     effective = ops.einsum("...cm,cmf->...cf", depthwise, pointwise)
-    return ops.sum(
-        ops.square(effective), axis=tuple(range(effective.ndim - 1))
-    )
+    return ops.sum(ops.square(effective), axis=tuple(range(effective.ndim - 1)))
 
 
 def _einsum_norms(layer):

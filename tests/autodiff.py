@@ -65,7 +65,9 @@ def value_and_gradients(model: keras.Model, fn):
             value = fn()
         grads = tape.gradient(value, [v.value for v in variables])
     grads = [
-        np.zeros(v.shape, "float32") if g is None else keras.ops.convert_to_numpy(g)
+        np.zeros(v.shape, "float32")
+        if g is None
+        else keras.ops.convert_to_numpy(g)
         for v, g in zip(variables, grads)
     ]
     return float(keras.ops.convert_to_numpy(value)), grads

@@ -12,9 +12,7 @@ import keras_dreg
 def _inputs_outputs(activation="gelu", head_activation=None):
     inputs = keras.Input((4,))
     x = keras.layers.Dense(8, activation=activation, name="hidden")(inputs)
-    outputs = keras.layers.Dense(
-        3, activation=head_activation, name="head"
-    )(x)
+    outputs = keras.layers.Dense(3, activation=head_activation, name="head")(x)
     return inputs, outputs
 
 

@@ -67,13 +67,21 @@ CASES = {
         (2, 6),
         5,
     ),
-    "conv2d": (lambda: keras.layers.Conv2D(4, 3, activation="silu"), (5, 5, 2), 9),
+    "conv2d": (
+        lambda: keras.layers.Conv2D(4, 3, activation="silu"),
+        (5, 5, 2),
+        9,
+    ),
     "conv2d_groups": (
         lambda: keras.layers.Conv2D(4, 2, groups=2, activation="elu"),
         (4, 4, 2),
         9,
     ),
-    "conv3d": (lambda: keras.layers.Conv3D(2, 2, activation="tanh"), (3, 3, 3, 1), 8),
+    "conv3d": (
+        lambda: keras.layers.Conv3D(2, 2, activation="tanh"),
+        (3, 3, 3, 1),
+        8,
+    ),
     "depthwise_conv2d": (
         lambda: keras.layers.DepthwiseConv2D(
             2, depth_multiplier=2, activation="sigmoid"

@@ -56,5 +56,7 @@ def test_training_stays_finite_and_loss_is_scaled(policy):
         # The dynamic loss scale stays at its initial scale (no overflow
         # with the penalty added), so the gradients are scaled and
         # unscaled as without it.
-        scale = float(keras.ops.convert_to_numpy(model.optimizer.scale_loss(1.0)))
+        scale = float(
+            keras.ops.convert_to_numpy(model.optimizer.scale_loss(1.0))
+        )
         assert scale >= 2.0**10

@@ -91,7 +91,9 @@ def test_evaluate_and_predict_after_fit_see_no_penalty():
     assert "dreg_penalty" not in logs
     expected = plain.evaluate(X, Y, verbose=0, return_dict=True)
     np.testing.assert_allclose(logs["loss"], expected["loss"], rtol=1e-6)
-    np.testing.assert_allclose(model.predict(X, verbose=0), plain.predict(X, verbose=0))
+    np.testing.assert_allclose(
+        model.predict(X, verbose=0), plain.predict(X, verbose=0)
+    )
     # The hooks are gone: the layers are as built.
     for site in model.dreg_layers:
         assert "call" not in vars(site.layer)
@@ -134,7 +136,9 @@ def test_wrap_shares_weights_with_nested_model():
     assert [s.layer for s in model.dreg_layers] == [inner.layers[0]]
     after = base.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
-    np.testing.assert_allclose(model.predict(X, verbose=0), base.predict(X, verbose=0))
+    np.testing.assert_allclose(
+        model.predict(X, verbose=0), base.predict(X, verbose=0)
+    )
 
 
 def test_every_n_steps_applies_penalty_on_every_kth_step():
