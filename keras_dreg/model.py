@@ -1,35 +1,17 @@
-"""`DREGRegularizedModel`: a `keras.Model` that adds the DREG penalty.
-
-The model keeps Keras's own `train_step` on every backend. It only
-wraps it: the step runs inside `ActivationCapture.recording()`, which
-records each regularized layer's pre-activation `z` during the forward
-pass, and `compute_loss` adds
-
-    lam * sum_l weight_l * DREG_l(x)
-
-to the loss (see `keras_dreg.penalty`). Loss scaling under mixed
-precision, metrics, `jit_compile`, JAX's stateless step and
-`tf.distribute` therefore work as they do for any Keras model.
-"""
-
-import math
-import numbers
+"""`DREGRegularizedModel`: a `keras.Model` trained with the DREG penalty."""
 
 import keras
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
 from keras.src.models.functional import Functional
-from keras.src.models.model import functional_init_arguments
 
 from keras_dreg import capture
-from keras_dreg import penalty
-
-DEFAULT_LAM = 10**-2.5
-PENALTY_METRIC = "dreg_penalty"
+from keras_dreg import penalized_model
+from keras_dreg.penalties.dreg import DEFAULT_LAM
+from keras_dreg.penalties.dreg import DREG
 
 
 @keras.saving.register_keras_serializable(package="keras_dreg")
-class DREGRegularizedModel(keras.Model):
+class DREGRegularizedModel(penalized_model.PenalizedModel):
     """A `keras.Model` whose training loss includes the DREG penalty.
 
     For a layer with kernel `W` and elementwise activation `phi`,
@@ -78,18 +60,15 @@ class DREGRegularizedModel(keras.Model):
         stop_gradient_derivative: Treat `phi'(z)` as a constant in the
             backward pass, so only the weight norms receive gradient.
         every_n_steps: Apply the penalty on every `k`-th training step
-            only (a cheaper mode); other steps add zero.
+            only (a cheaper mode); other steps add zero. On the torch
+            backend, deciding whether a step is due reads one scalar
+            from the device.
         layer_weights: Optional `{layer_name: weight}` multiplying each
             layer's term; layers not named get weight 1.
+        penalties: Further `keras_dreg.penalties.Penalty` instances to
+            add beside DREG.
         **kwargs: Passed to `keras.Model` (`inputs`, `outputs`, `name`).
     """
-
-    def __new__(cls, *args, **kwargs):
-        if functional_init_arguments(args, kwargs) and not issubclass(
-            cls, Functional
-        ):
-            cls = _functional_class(cls)
-        return super().__new__(cls, *args, **kwargs)
 
     def __init__(
         self,
@@ -101,116 +80,34 @@ class DREGRegularizedModel(keras.Model):
         stop_gradient_derivative: bool = False,
         every_n_steps: int = 1,
         layer_weights: dict | None = None,
+        penalties=(),
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
-        self.lam = _validate_lam(lam)
-        self.every_n_steps = _validate_every_n_steps(every_n_steps)
-        self.include = None if include is None else _selectors(include)
-        self.exclude = _selectors(exclude)
-        self.include_linear = bool(include_linear)
-        self.stop_gradient_derivative = bool(stop_gradient_derivative)
-        self.layer_weights = _validate_layer_weights(layer_weights)
-        self._dreg_penalty_tracker = keras.metrics.Mean(name=PENALTY_METRIC)
-        if self.every_n_steps > 1:
-            self._dreg_step = keras.Variable(
-                0, dtype="int32", trainable=False, name="dreg_step"
-            )
-        self._dreg_capture = None
-        if self._layers_known():
-            self._capture()
+        dreg = DREG(
+            lam=lam,
+            include=include,
+            exclude=exclude,
+            include_linear=include_linear,
+            stop_gradient_derivative=stop_gradient_derivative,
+            every_n_steps=every_n_steps,
+            layer_weights=layer_weights,
+        )
+        super().__init__(*args, penalties=[dreg, *penalties], **kwargs)
 
-    def _layers_known(self):
-        return isinstance(self, Functional)
+    @property
+    def dreg(self) -> DREG:
+        """The DREG penalty, with its options (`lam`, `include`, ...)."""
+        return self._penalties[0]
+
+    @property
+    def lam(self) -> float:
+        return self.dreg.lam
 
     @property
     def dreg_layers(self) -> list[capture.RegularizedLayer]:
         """The layers regularized, each with the activation found for it."""
-        return list(self._capture().sites)
-
-    def _capture(self):
-        if self._dreg_capture is None:
-            sites = capture.find_regularized_layers(
-                self,
-                include=self.include,
-                exclude=self.exclude,
-                include_linear=self.include_linear,
-            )
-            _check_sites(self, sites)
-            self._dreg_capture = capture.ActivationCapture(sites)
-        return self._dreg_capture
-
-    def train_step(self, *args, **kwargs):
-        with self._capture().recording():
-            return super().train_step(*args, **kwargs)
-
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        loss = super().compute_loss(
-            x=x,
-            y=y,
-            y_pred=y_pred,
-            sample_weight=sample_weight,
-            training=training,
-        )
-        records = self._dreg_capture.records if training else None
-        if records is None:
-            return loss
-        weighted = self._scheduled_penalty(records)
-        self._dreg_penalty_tracker.update_state(weighted)
-        weighted = scale_loss_for_distribution(weighted)
-        return loss + ops.cast(weighted, loss.dtype)
-
-    def _scheduled_penalty(self, records):
-        if self.every_n_steps == 1:
-            return self._weighted_penalty(records)
-        step = self._dreg_step
-        due = ops.equal(ops.mod(step.value, self.every_n_steps), 0)
-        step.assign(step.value + 1)
-        return ops.cond(
-            due,
-            lambda: self._weighted_penalty(records),
-            lambda: ops.zeros((), "float32"),
-        )
-
-    def _weighted_penalty(self, records):
-        terms = self._layer_terms(records)
-        return ops.sum(ops.stack(list(terms.values())))
-
-    def _layer_terms(self, records):
-        """`lam * weight_l * DREG_l` for each site, in float32."""
-        terms = {}
-        for site, site_records in zip(self._capture().sites, records):
-            values = [
-                self._record_penalty(site, record)
-                for record in site_records
-                if record.pre_activation is not None
-            ]
-            value = (
-                ops.mean(ops.stack(values))
-                if values
-                else ops.zeros((), "float32")
-            )
-            weight = self.lam * self.layer_weights.get(site.name, 1.0)
-            terms[site.name] = value * weight
-        return terms
-
-    def _record_penalty(self, site, record):
-        unit_scale = None
-        if site.batch_norm is not None:
-            unit_scale = penalty.batch_norm_scale(
-                site.batch_norm,
-                record.batch_norm_inputs,
-                record.batch_norm_training,
-            )
-        return penalty.layer_penalty(
-            site.layer,
-            record.pre_activation,
-            site.activation.derivative,
-            unit_scale=unit_scale,
-            stop_gradient_derivative=self.stop_gradient_derivative,
-        )
+        self._attach_penalties()
+        return self.dreg.sites
 
     def dreg_penalty(self, x, per_layer: bool = False):
         """The weighted penalty of `x`, outside training.
@@ -230,109 +127,45 @@ class DREGRegularizedModel(keras.Model):
         >>> model.dreg_penalty(x_batch)
         >>> model.dreg_penalty(x_batch, per_layer=True)["dense"]
         """
-        with self._capture().recording() as records:
+        self._attach_penalties()
+        with self.dreg.recording() as records:
             self(x, training=False)
-            terms = self._layer_terms(records)
+            terms = self.dreg.layer_terms(records)
         if per_layer:
             return terms
         return ops.sum(ops.stack(list(terms.values())))
 
     def mean_squared_derivatives(self, x) -> dict:
-        """`mean(phi'(z)^2)` of each regularized layer on `x`.
+        """`{layer_name: mean(phi'(z)^2)}` on `x`, with `training=False`.
 
         Shows where the activation derivative, and so the pressure of the
-        penalty, is largest. Runs the model with `training=False`.
+        penalty, is largest.
         """
-        with self._capture().recording() as records:
+        self._attach_penalties()
+        with self.dreg.recording() as records:
             self(x, training=False)
-            return {
-                site.name: ops.mean(
-                    ops.stack(
-                        [
-                            ops.mean(
-                                ops.square(
-                                    site.activation.derivative(
-                                        ops.cast(r.pre_activation, "float32")
-                                    )
-                                )
-                            )
-                            for r in site_records
-                            if r.pre_activation is not None
-                        ]
-                    )
-                )
-                for site, site_records in zip(self._capture().sites, records)
-            }
-
-    def get_metrics_result(self):
-        results = super().get_metrics_result()
-        if self._dreg_capture is None or self._dreg_capture.records is None:
-            results.pop(PENALTY_METRIC, None)
-        return results
+            return self.dreg.mean_squared_derivatives(records)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "lam": self.lam,
-                "include": None if self.include is None else list(self.include),
-                "exclude": list(self.exclude),
-                "include_linear": self.include_linear,
-                "stop_gradient_derivative": self.stop_gradient_derivative,
-                "every_n_steps": self.every_n_steps,
-                "layer_weights": dict(self.layer_weights),
-            }
-        )
+        config["penalties"] = config["penalties"][1:]
+        config.update(self.dreg.get_config())
         return config
 
 
 @keras.saving.register_keras_serializable(package="keras_dreg")
 class FunctionalDREGModel(DREGRegularizedModel, Functional):
-    """`DREGRegularizedModel(inputs, outputs)` builds one of these.
-
-    A class of its own, so that functional construction does not mutate
-    `DREGRegularizedModel` the way `keras.Model` subclasses otherwise are
-    (keras-team/keras#17270).
-    """
+    """`DREGRegularizedModel(inputs, outputs)` builds one of these."""
 
 
-_FUNCTIONAL_CLASSES = {DREGRegularizedModel: FunctionalDREGModel}
-
-
-def _functional_class(cls):
-    if cls not in _FUNCTIONAL_CLASSES:
-        _FUNCTIONAL_CLASSES[cls] = type(
-            cls.__name__,
-            (cls, Functional),
-            {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
-    return _FUNCTIONAL_CLASSES[cls]
+penalized_model.register_functional_class(
+    DREGRegularizedModel, FunctionalDREGModel
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_dreg")
-class DREGWrapper(DREGRegularizedModel):
+class DREGWrapper(penalized_model.WrapperMixin, DREGRegularizedModel):
     """A `DREGRegularizedModel` around an existing model; see `wrap`."""
-
-    def __init__(self, model: keras.Model, **kwargs):
-        super().__init__(**kwargs)
-        self.wrapped = model
-        self._capture()
-
-    def call(self, inputs, training=None):
-        return self.wrapped(inputs, training=training)
-
-    def get_config(self):
-        config = super().get_config()
-        config["model"] = keras.saving.serialize_keras_object(self.wrapped)
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        model = keras.saving.deserialize_keras_object(
-            config.pop("model"), custom_objects=custom_objects
-        )
-        return cls(model, **config)
 
 
 def wrap(model: keras.Model, lam: float = DEFAULT_LAM, **options):
@@ -340,7 +173,8 @@ def wrap(model: keras.Model, lam: float = DEFAULT_LAM, **options):
 
     The result shares `model`'s layers and weights (nothing is copied):
     training it trains `model`. Works for Sequential, Functional and
-    subclassed models, and models nested inside models.
+    subclassed models, and models nested inside models. `model` itself
+    is left as it was: saving it needs nothing from keras-dreg.
 
     Args:
         model: The model to regularize.
@@ -356,79 +190,4 @@ def wrap(model: keras.Model, lam: float = DEFAULT_LAM, **options):
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     >>> model.fit(x, y)
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "`wrap` expects a `keras.Model`; received "
-            f"{type(model).__name__}. Build a model first, e.g. with "
-            "`keras.Sequential([...])`."
-        )
     return DREGWrapper(model, lam=lam, **options)
-
-
-def _validate_lam(lam):
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
-        raise TypeError(
-            f"`lam` must be a real number, received {lam!r} of type "
-            f"{type(lam).__name__}. The study's value is 10**-2.5."
-        )
-    if not math.isfinite(lam) or lam < 0:
-        raise ValueError(
-            f"`lam` must be finite and >= 0, received {lam}. Use lam=0 to "
-            "train without the penalty."
-        )
-    return float(lam)
-
-
-def _validate_every_n_steps(every_n_steps):
-    if isinstance(every_n_steps, bool) or not isinstance(
-        every_n_steps, numbers.Integral
-    ):
-        raise TypeError(
-            f"`every_n_steps` must be an integer >= 1, received "
-            f"{every_n_steps!r}."
-        )
-    if every_n_steps < 1:
-        raise ValueError(
-            f"`every_n_steps` must be >= 1, received {every_n_steps}."
-        )
-    return int(every_n_steps)
-
-
-def _selectors(selectors):
-    if isinstance(selectors, (str, type)):
-        selectors = [selectors]
-    return [s.__name__ if isinstance(s, type) else str(s) for s in selectors]
-
-
-def _validate_layer_weights(layer_weights):
-    layer_weights = dict(layer_weights or {})
-    for name, weight in layer_weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-            raise TypeError(
-                f"`layer_weights['{name}']` must be a number, received "
-                f"{weight!r}."
-            )
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(
-                f"`layer_weights['{name}']` must be finite and >= 0, "
-                f"received {weight}."
-            )
-    return {name: float(w) for name, w in layer_weights.items()}
-
-
-def _check_sites(model, sites):
-    if not sites:
-        raise ValueError(
-            f"Model '{model.name}' has no layer DREG can regularize: DREG "
-            "needs a kernel layer (Dense, EinsumDense, Conv*, "
-            "DepthwiseConv*, SeparableConv*) followed by a nonlinear "
-            "elementwise activation. Check `include`/`exclude`, or pass "
-            "`include_linear=True` to regularize linear layers."
-        )
-    names = {site.name for site in sites}
-    unknown = sorted(set(model.layer_weights) - names)
-    if unknown:
-        raise ValueError(
-            f"`layer_weights` names layers DREG does not regularize: "
-            f"{unknown}. Regularized layers: {sorted(names)}."
-        )

@@ -23,7 +23,7 @@ def _inputs_outputs(activation="gelu", head_activation=None):
         (float("nan"), ValueError, "finite and >= 0"),
         (float("inf"), ValueError, "finite and >= 0"),
         ("0.01", TypeError, "real number"),
-        (None, TypeError, "real number"),
+        ([0.1], TypeError, "real number"),
         (True, TypeError, "real number"),
     ],
 )

@@ -1,0 +1,120 @@
+"""The protocol every training penalty follows.
+
+A penalty is a loss term that `PenalizedModel` adds in `compute_loss`:
+it is given the model and the step's batch, and returns a scalar. A
+penalty that needs tensors from the forward pass (DREG needs each
+layer's pre-activation) records them in `recording()`, a context that
+the model keeps open around its whole training step.
+"""
+
+import contextlib
+import math
+import numbers
+from typing import Any
+from typing import NamedTuple
+
+import keras
+
+
+class Batch(NamedTuple):
+    """What `compute_loss` receives in a training step."""
+
+    x: Any
+    y: Any
+    y_pred: Any
+    sample_weight: Any = None
+
+
+class Penalty:
+    """Base class of the penalties `PenalizedModel` adds to the loss.
+
+    Subclasses set `name` (the logs show `<name>_penalty`) and
+    `default_lam`, and implement `__call__`. Register them with
+    `keras.saving.register_keras_serializable` so that models using them
+    save and load; `get_config` must return the constructor arguments.
+
+    Args:
+        lam: Strength, a finite number >= 0; `None` takes `default_lam`.
+        every_n_steps: Apply the penalty on every `k`-th training step
+            only; other steps add zero.
+
+    Example: an L1 penalty on every kernel.
+
+    ```python
+    @keras.saving.register_keras_serializable(package="my_project")
+    class L1(keras_dreg.penalties.Penalty):
+        name = "l1"
+        default_lam = 1e-4
+
+        def __call__(self, model, batch):
+            return self.lam * sum(
+                keras.ops.sum(keras.ops.abs(w))
+                for w in model.trainable_weights
+                if w.path.endswith("kernel")
+            )
+
+    model = keras_dreg.PenalizedModel(inputs, outputs, penalties=[L1()])
+    ```
+    """
+
+    name: str = "penalty"
+    default_lam: float = 0.0
+
+    def __init__(self, lam: float | None = None, every_n_steps: int = 1):
+        self.lam = validate_lam(self.default_lam if lam is None else lam)
+        self.every_n_steps = validate_every_n_steps(every_n_steps)
+
+    def attach(self, model: keras.Model) -> None:
+        """Called once the model's layers exist, before the first use."""
+
+    def recording(self) -> contextlib.AbstractContextManager:
+        """A context held open around each training step."""
+        return contextlib.nullcontext()
+
+    def __call__(self, model: keras.Model, batch: Batch):
+        """The weighted penalty (already multiplied by `lam`), a scalar."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement __call__(model, batch)."
+        )
+
+    def get_config(self) -> dict:
+        return {"lam": self.lam, "every_n_steps": self.every_n_steps}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
+
+
+def validate_lam(lam) -> float:
+    """Returns `lam` as a float, or raises a clear error."""
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise TypeError(
+            f"`lam` must be a real number, received {lam!r} of type "
+            f"{type(lam).__name__}. The study's value is 10**-2.5."
+        )
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(
+            f"`lam` must be finite and >= 0, received {lam}. Use lam=0 to "
+            "train without the penalty."
+        )
+    return float(lam)
+
+
+def validate_every_n_steps(every_n_steps) -> int:
+    """Returns `every_n_steps` as an int >= 1, or raises a clear error."""
+    if isinstance(every_n_steps, bool) or not isinstance(
+        every_n_steps, numbers.Integral
+    ):
+        raise TypeError(
+            "`every_n_steps` must be an integer >= 1, received "
+            f"{every_n_steps!r}."
+        )
+    if every_n_steps < 1:
+        raise ValueError(
+            f"`every_n_steps` must be >= 1, received {every_n_steps}."
+        )
+    return int(every_n_steps)

@@ -1,0 +1,190 @@
+"""The DREG penalty as a `Penalty`: the sum of the layer terms."""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+from keras_dreg import capture
+from keras_dreg import penalty
+from keras_dreg.penalties import base
+
+DEFAULT_LAM = 10**-2.5
+
+
+@keras.saving.register_keras_serializable(package="keras_dreg")
+class DREG(base.Penalty):
+    """`lam * sum_l w_l * mean_{batch, positions} sum_j phi'(z_j)^2
+    ||w_j||^2`, the layer-wise Jacobian penalty.
+
+    See `keras_dreg.penalty` for the math of each layer kind and
+    `keras_dreg.capture` for the layers it covers. The pre-activations
+    `z` are recorded during the training step's own forward pass, so no
+    extra forward or backward pass is needed.
+
+    Args:
+        lam: Strength; defaults to `10**-2.5`, the DREG study's value.
+        include: Layer names, class names or classes to regularize;
+            `None` regularizes every eligible layer.
+        exclude: Layer names, class names or classes not to regularize.
+        include_linear: Also regularize kernel layers with no activation.
+        stop_gradient_derivative: Treat `phi'(z)` as a constant in the
+            backward pass.
+        every_n_steps: Apply it on every `k`-th training step only.
+        layer_weights: Optional `{layer_name: weight}`; default 1.
+
+    Example:
+
+    ```python
+    model = keras_dreg.PenalizedModel(
+        inputs, outputs, penalties=[keras_dreg.penalties.DREG()]
+    )
+    ```
+    """
+
+    name = "dreg"
+    default_lam = DEFAULT_LAM
+
+    def __init__(
+        self,
+        lam: float | None = None,
+        include=None,
+        exclude=(),
+        include_linear: bool = False,
+        stop_gradient_derivative: bool = False,
+        every_n_steps: int = 1,
+        layer_weights: dict | None = None,
+    ):
+        super().__init__(lam, every_n_steps)
+        self.include = None if include is None else _selectors(include)
+        self.exclude = _selectors(exclude)
+        self.include_linear = bool(include_linear)
+        self.stop_gradient_derivative = bool(stop_gradient_derivative)
+        self.layer_weights = _validate_layer_weights(layer_weights)
+        self.capture = None
+
+    def attach(self, model: keras.Model) -> None:
+        sites = capture.find_regularized_layers(
+            model,
+            include=self.include,
+            exclude=self.exclude,
+            include_linear=self.include_linear,
+        )
+        self._check_sites(model, sites)
+        self.capture = capture.ActivationCapture(sites)
+
+    @property
+    def sites(self) -> list[capture.RegularizedLayer]:
+        return list(self.capture.sites)
+
+    def recording(self):
+        return self.capture.recording()
+
+    def __call__(self, model, batch):
+        terms = self.layer_terms(self.capture.records)
+        return ops.sum(ops.stack(list(terms.values())))
+
+    def layer_terms(self, records) -> dict:
+        """`lam * w_l * DREG_l` for each layer, float32, from `records`."""
+        terms = {}
+        for site, site_records in zip(self.capture.sites, records):
+            values = [
+                self._record_penalty(site, record)
+                for record in site_records
+                if record.pre_activation is not None
+            ]
+            weight = self.lam * self.layer_weights.get(site.name, 1.0)
+            terms[site.name] = weight * _mean_or_zero(values)
+        return terms
+
+    def mean_squared_derivatives(self, records) -> dict:
+        """`mean(phi'(z)^2)` of each layer, from `records`."""
+        means = {}
+        for site, site_records in zip(self.capture.sites, records):
+            values = [
+                ops.mean(
+                    ops.square(
+                        site.activation.derivative(_float32(r.pre_activation))
+                    )
+                )
+                for r in site_records
+                if r.pre_activation is not None
+            ]
+            means[site.name] = _mean_or_zero(values)
+        return means
+
+    def _record_penalty(self, site, record):
+        unit_scale = None
+        if site.batch_norm is not None:
+            unit_scale = penalty.batch_norm_scale(
+                site.batch_norm,
+                record.batch_norm_inputs,
+                record.batch_norm_training,
+            )
+        return penalty.layer_penalty(
+            site.layer,
+            record.pre_activation,
+            site.activation.derivative,
+            unit_scale=unit_scale,
+            stop_gradient_derivative=self.stop_gradient_derivative,
+        )
+
+    def _check_sites(self, model, sites):
+        if not sites:
+            raise ValueError(
+                f"Model '{model.name}' has no layer DREG can regularize: "
+                "DREG needs a kernel layer (Dense, EinsumDense, Conv*, "
+                "DepthwiseConv*, SeparableConv*) followed by a nonlinear "
+                "elementwise activation. Check `include`/`exclude`, or "
+                "pass `include_linear=True` to regularize linear layers."
+            )
+        names = {site.name for site in sites}
+        unknown = sorted(set(self.layer_weights) - names)
+        if unknown:
+            raise ValueError(
+                "`layer_weights` names layers DREG does not regularize: "
+                f"{unknown}. Regularized layers: {sorted(names)}."
+            )
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "include": None if self.include is None else list(self.include),
+            "exclude": list(self.exclude),
+            "include_linear": self.include_linear,
+            "stop_gradient_derivative": self.stop_gradient_derivative,
+            "layer_weights": dict(self.layer_weights),
+        }
+
+
+def _float32(x):
+    return ops.cast(x, "float32")
+
+
+def _mean_or_zero(values):
+    if not values:
+        return ops.zeros((), "float32")
+    return ops.mean(ops.stack(values))
+
+
+def _selectors(selectors):
+    if isinstance(selectors, (str, type)):
+        selectors = [selectors]
+    return [s.__name__ if isinstance(s, type) else str(s) for s in selectors]
+
+
+def _validate_layer_weights(layer_weights):
+    layer_weights = dict(layer_weights or {})
+    for name, weight in layer_weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise TypeError(
+                f"`layer_weights['{name}']` must be a number, received "
+                f"{weight!r}."
+            )
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"`layer_weights['{name}']` must be finite and >= 0, "
+                f"received {weight}."
+            )
+    return {name: float(w) for name, w in layer_weights.items()}
