@@ -9,7 +9,7 @@ import keras_dreg
 RNG = np.random.default_rng(1)
 X = RNG.normal(size=(64, 8)).astype("float32")
 Y = RNG.integers(0, 3, size=(64,))
-JIT_OPTIONS = ["auto", False] if keras.backend.backend() != "torch" else [False]
+JIT_OPTIONS = [True, False] if keras.backend.backend() != "torch" else [False]
 
 
 def _functional(lam=keras_dreg.DEFAULT_LAM, **options):
@@ -161,3 +161,26 @@ def test_layer_weights_and_include_exclude():
     assert [s.name for s in only.dreg_layers] == [names[1]]
     with pytest.raises(ValueError, match="no layer DREG can regularize"):
         keras_dreg.wrap(base, exclude=["Dense"])
+
+
+def test_sigmoid_output_keeps_its_logits_for_the_loss():
+    """`sigmoid` outputs carry `_keras_logits`, which binary cross-entropy
+    uses for a stable loss; the capture hook must return that object."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(16, activation="gelu")(inputs)
+    outputs = keras.layers.Dense(
+        1,
+        activation="sigmoid",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=30.0),
+    )(hidden)
+    model = keras_dreg.DREGRegularizedModel(inputs, outputs, lam=0.1)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="bce")
+    labels = (Y > 0).astype("float32")
+    logs = model.train_on_batch(X, labels, return_dict=True)
+    plain = model.evaluate(X, labels, batch_size=64, verbose=0)
+    # Saturated sigmoids: without the logits the loss would be clipped.
+    assert plain > 5.0
+    np.testing.assert_allclose(
+        logs["loss"] - logs["dreg_penalty"], plain, rtol=1e-5
+    )
