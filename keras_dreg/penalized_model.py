@@ -136,6 +136,40 @@ class PenalizedModel(keras.Model):
             lambda: ops.zeros((), "float32"),
         )
 
+    @contextlib.contextmanager
+    def penalty_scope(self):
+        """The penalties for a custom training loop.
+
+        Forward passes run inside the block are recorded (DREG's `z`);
+        the yielded function returns the sum of the weighted penalties for
+        them, to add to the loss before the backward pass. Use it where
+        `fit` is not, e.g. a torch loop around `DistributedDataParallel`.
+        `every_n_steps` applies to `fit` only: here the loop decides.
+
+        Example:
+
+        ```python
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        with model.penalty_scope() as penalty:
+            y_pred = ddp(x, training=True)
+            loss = loss_fn(y, y_pred) + penalty(x, y, y_pred)
+        loss.backward()
+        ```
+        """
+        self._attach_penalties()
+        with contextlib.ExitStack() as stack:
+            for penalty in self._penalties:
+                stack.enter_context(penalty.recording())
+
+            def total(x=None, y=None, y_pred=None, sample_weight=None):
+                batch = Batch(x, y, y_pred, sample_weight)
+                values = [
+                    ops.cast(p(self, batch), "float32") for p in self._penalties
+                ]
+                return ops.sum(ops.stack(values)) if values else 0.0
+
+            yield total
+
     def get_metrics_result(self):
         results = super().get_metrics_result()
         if not self._in_train_step():

@@ -184,3 +184,18 @@ def test_sigmoid_output_keeps_its_logits_for_the_loss():
     np.testing.assert_allclose(
         logs["loss"] - logs["dreg_penalty"], plain, rtol=1e-5
     )
+
+
+def test_penalty_scope_for_custom_training_loops():
+    model = _functional(lam=0.5)
+    with model.penalty_scope() as penalty:
+        y_pred = model(X, training=False)
+        value = penalty(X, Y, y_pred)
+    expected = model.dreg_penalty(X)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(value),
+        keras.ops.convert_to_numpy(expected),
+        rtol=1e-6,
+    )
+    # Outside the block nothing is recorded any more.
+    assert model.dreg.capture.records is None
