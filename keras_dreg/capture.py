@@ -101,19 +101,26 @@ def find_regularized_layers(
 
     Returns:
         The sites, in layer order. Warns once for layers skipped because
-        their activation is not elementwise (softmax) and for activation
-        layers whose input layer cannot be found (subclassed models).
+        their activation is not elementwise (softmax) and once for
+        activation layers outside any layer graph (in subclassed models),
+        whose input layer cannot be known. Activation layers fed by
+        something other than a kernel layer (`Add -> ReLU`) are not
+        sites and need no warning.
     """
-    all_layers = list(model._flatten_layers(include_self=False))
+    all_layers = list(_layers_in_order(model, set()))
     sites, non_elementwise, unpaired = [], [], []
     paired = {}
     for layer in all_layers:
-        if isinstance(layer, ACTIVATION_LAYERS):
-            site = _pair_with_producer(layer)
-            if site is None:
-                unpaired.append(layer.name)
-            else:
-                paired[id(site.layer)] = site
+        if not isinstance(layer, ACTIVATION_LAYERS):
+            continue
+        if derivatives.describe_activation(layer).kind == "linear":
+            continue
+        if not layer._inbound_nodes:
+            unpaired.append(layer.name)
+            continue
+        site = _pair_with_producer(layer)
+        if site is not None:
+            paired[id(site.layer)] = site
     for layer in all_layers:
         if not penalty.is_kernel_layer(layer):
             continue
@@ -134,6 +141,15 @@ def find_regularized_layers(
         if _matches(site.layer, include, default=True)
         and not _matches(site.layer, exclude, default=False)
     ]
+
+
+def _layers_in_order(layer, seen):
+    """All nested layers of `layer`, depth first, in the order built."""
+    for sublayer in layer._layers:
+        if id(sublayer) not in seen:
+            seen.add(id(sublayer))
+            yield sublayer
+            yield from _layers_in_order(sublayer, seen)
 
 
 def _matches(layer, selectors, default):
