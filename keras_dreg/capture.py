@@ -113,10 +113,14 @@ def find_regularized_layers(
     for layer in all_layers:
         if not isinstance(layer, ACTIVATION_LAYERS):
             continue
-        if derivatives.describe_activation(layer).kind == "linear":
+        kind = derivatives.describe_activation(layer).kind
+        if kind == "linear":
             continue
         if not layer._inbound_nodes:
-            unpaired.append(layer.name)
+            # Outside any graph: a subclassed model's layer, or one used
+            # inside another layer (the softmax of MultiHeadAttention).
+            if kind == "elementwise":
+                unpaired.append(layer.name)
             continue
         site = _pair_with_producer(layer)
         if site is not None:
