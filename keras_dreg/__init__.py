@@ -15,6 +15,8 @@ from keras_dreg.model import DREGRegularizedModel
 from keras_dreg.model import wrap
 from keras_dreg.penalized_model import PenalizedModel
 from keras_dreg.penalized_model import PenalizedWrapper
+from keras_dreg.regularizers import REGULARIZERS
+from keras_dreg.regularizers import regularize
 from keras_dreg.version import __version__
 
 __all__ = [
@@ -22,11 +24,13 @@ __all__ = [
     "DREGRegularizedModel",
     "PenalizedModel",
     "PenalizedWrapper",
+    "REGULARIZERS",
     "RegularizedLayer",
     "__version__",
     "callbacks",
     "derivatives",
     "penalties",
     "register_derivative",
+    "regularize",
     "wrap",
 ]

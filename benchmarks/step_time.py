@@ -1,0 +1,149 @@
+"""Train-step time of each regularizer, as a ratio to "none".
+
+Run one backend per process:
+
+    KERAS_BACKEND=jax python benchmarks/step_time.py
+    benchmarks/run_all.sh          # the three backends in turn
+
+For each model (a 3x512 GELU MLP on 784 inputs and a small GELU CNN on
+28x28x1, 10 classes, batch 128) it builds the six regularized models of
+`keras_dreg.REGULARIZERS` from the same weights, compiles them alike
+(Keras's default `jit_compile`: XLA on JAX, and on TensorFlow only with
+a GPU; `--jit-compile true` asks for it), and times `train_on_batch` on
+a fixed batch. The regularizers take turns step by step (round-robin), so a slow
+spell of the machine hits all of them; each one's time is the median
+over `--steps` steps after `--warmup` steps (compilation). It prints
+ms/step and the ratio to "none" measured in the same run.
+
+`--clock cpu` measures the process's CPU time instead of wall time:
+on a shared, busy machine, with one thread per backend
+(`THREADS=1 benchmarks/run_all.sh --clock cpu`), it counts the work of
+the step and not the waits for a core.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+
+import keras
+import numpy as np
+
+import keras_dreg
+
+CLASSES = 10
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+
+
+def mlp() -> keras.Model:
+    """3 x 512 GELU layers on 784 inputs."""
+    inputs = keras.Input((784,))
+    x = inputs
+    for _ in range(3):
+        x = keras.layers.Dense(512, activation="gelu")(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(x), name="mlp")
+
+
+def cnn() -> keras.Model:
+    """Two GELU convolutions (32 and 64 filters) on 28x28x1, then Dense."""
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(32, 3, activation="gelu")(inputs)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(64, 3, activation="gelu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(x), name="cnn")
+
+
+MODELS = {"mlp": mlp, "cnn": cnn}
+
+
+def regularized_models(build, names, jit_compile="auto") -> dict:
+    """One compiled model per regularizer, all from the same weights."""
+    keras.utils.set_random_seed(0)
+    weights = build().get_weights()
+    models = {}
+    for name in names:
+        base = build()
+        base.set_weights(weights)
+        model = keras_dreg.regularize(base, name)
+        model.compile(
+            optimizer=keras.optimizers.SGD(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
+        )
+        models[name] = model
+    return models
+
+
+def time_steps(
+    models: dict, x, y, steps: int, warmup: int, clock=time.perf_counter
+) -> dict:
+    """Median seconds per `train_on_batch`, regularizers in turn."""
+    times = {name: [] for name in models}
+    for step in range(warmup + steps):
+        for name, model in models.items():
+            start = clock()
+            model.train_on_batch(x, y)  # returns numpy: waits for the step
+            if step >= warmup:
+                times[name].append(clock() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def table(results: dict) -> str:
+    """A Markdown table: model, regularizer, ms/step, ratio to none."""
+    lines = [
+        "| model | regularizer | ms/step | x none |",
+        "|---|---|---:|---:|",
+    ]
+    for model_name, medians in results.items():
+        for name, seconds in medians.items():
+            ratio = seconds / medians["none"]
+            lines.append(
+                f"| {model_name} | {name} | {1e3 * seconds:.2f} | {ratio:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument(
+        "--jit-compile", choices=sorted(JIT_COMPILE), default="auto"
+    )
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument(
+        "--regularizers", nargs="+", default=list(keras_dreg.REGULARIZERS)
+    )
+    args = parser.parse_args(argv)
+    names = ["none"] + [n for n in args.regularizers if n != "none"]
+    rng = np.random.default_rng(0)
+    results = {}
+    for model_name in args.models:
+        models = regularized_models(
+            MODELS[model_name], names, JIT_COMPILE[args.jit_compile]
+        )
+        shape = models["none"].wrapped.input_shape[1:]
+        x = rng.normal(size=(args.batch_size, *shape)).astype("float32")
+        y = rng.integers(0, CLASSES, size=(args.batch_size,))
+        results[model_name] = time_steps(
+            models, x, y, args.steps, args.warmup, CLOCKS[args.clock]
+        )
+    print(
+        f"backend={keras.backend.backend()} "
+        f"jit_compile={models['none'].jit_compile} clock={args.clock} "
+        f"batch={args.batch_size} steps={args.steps} warmup={args.warmup} "
+        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
+        f"machine={platform.machine()} date={datetime.date.today()}"
+    )
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

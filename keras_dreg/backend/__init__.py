@@ -1,0 +1,72 @@
+"""The only backend-specific code: differentiable vector-Jacobian products.
+
+The input-gradient and Jacobian penalties need the gradient of the
+model with respect to its input *inside* the training step, in a form
+that the step's own backward pass can differentiate again (double
+backpropagation). Each backend does that its own way:
+
+- JAX: `jax.vjp` inside the traced step;
+- TensorFlow: a persistent `tf.GradientTape` nested in the step's tape;
+- PyTorch: `torch.autograd.grad(..., create_graph=True)`.
+
+`vjp` picks the one of `keras.backend.backend()`; everything else in
+keras-dreg is `keras.ops`. `gpu_available` tells whether the backend
+sees a GPU, where Keras may run RNNs with fused cuDNN kernels, which
+have no second derivative.
+"""
+
+import importlib
+from collections.abc import Callable
+from collections.abc import Sequence
+
+import keras
+
+SUPPORTED = ("jax", "tensorflow", "torch")
+
+Tap = Callable[[object], object]
+Pullback = Callable[[Sequence], list]
+
+
+def vjp(fn: Callable[[list, Tap], list], xs: Sequence) -> tuple[list, Pullback]:
+    """Runs `fn(xs, tap)` and returns its outputs and their pullback.
+
+    `fn` returns a list of tensors. It may call `tap(t)` on tensors it
+    computes (an embedding's output, say) and must use the tensor `tap`
+    returns in place of `t`; the pullback also differentiates with
+    respect to those. Floating inputs only: integer tensors are not
+    differentiable, tap what they are mapped to instead.
+
+    Args:
+        fn: The function, `fn(xs, tap) -> list of tensors`.
+        xs: Floating tensors to differentiate with respect to.
+
+    Returns:
+        `(outputs, pullback)`: `pullback(cotangents)`, given one tensor
+        per output, returns `sum_k <cotangents[k], d outputs[k] / d s>`
+        for each `s` in `xs` and then each tapped tensor, in tap order.
+        These gradients are themselves differentiable by the training
+        step (with respect to the model's variables).
+
+    Example: the gradient of `sum(tanh(x))`, to be differentiated again.
+
+    >>> outputs, pullback = vjp(lambda xs, tap: [ops.sum(ops.tanh(xs[0]))],
+    ...                         [x])
+    >>> (grad_x,) = pullback([ops.ones(())])
+    """
+    return _module().vjp(fn, list(xs))
+
+
+def gpu_available() -> bool:
+    """Whether the backend sees a GPU (where Keras may pick cuDNN)."""
+    return _module().gpu_available()
+
+
+def _module():
+    name = keras.backend.backend()
+    if name not in SUPPORTED:
+        raise NotImplementedError(
+            f"Double backpropagation needs an autodiff backend; the "
+            f"'{name}' backend has none. Use one of {SUPPORTED} "
+            "(KERAS_BACKEND)."
+        )
+    return importlib.import_module(f"keras_dreg.backend.{name}")

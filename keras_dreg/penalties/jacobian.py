@@ -1,0 +1,186 @@
+"""Jacobian regularization of the input-output map (Hoffman et al., 2019).
+
+For an example `x_i` whose model output, all outputs flattened, is
+`f(x_i)` in `R^C`, the penalty is the batch mean of the squared
+Frobenius norm of the input-output Jacobian `J_i = d f(x_i) / d x_i`:
+
+    JR(x) = lam * mean_i ||J_i||_F^2
+
+Computing `J_i` takes `C` backward passes. Hoffman et al. estimate the
+norm with random projections instead: for `v` uniform on the unit sphere
+of `R^C`, `E[v v^T] = I / C`, so `E[C ||v^T J||^2] = ||J||_F^2` and
+
+    ||J_i||_F^2 ~= (C / n) sum_{k=1..n} ||v_k^T J_i||^2
+
+is unbiased. Each `v_k^T J_i` is one vector-Jacobian product: a backward
+pass through a second forward pass of the model, which the `n` products
+share (see `keras_dreg.penalties.input_gradient`, which also describes
+how dropout, `BatchNormalization`, integer token inputs and fused cuDNN
+RNNs are handled); the training step differentiates them again. `n`
+(`num_projections`) defaults to 1, as in Hoffman et al.; `exact=True`
+takes the `C` products with the unit vectors `e_1 .. e_C` instead, which
+is exact and costs `C` backward passes (for tests and small `C`).
+
+The projections are drawn from a `keras.random.SeedGenerator` that the
+penalty adds to the model's state, so they differ from step to step
+also inside a compiled JAX step. On JAX, `every_n_steps > 1` raises a
+`NotImplementedError`: the skipped steps are a `jax.lax.cond`, which
+cannot carry the seed's update out of its branch. The generator is added
+when the penalty is attached, so a subclassed `PenalizedModel` (which
+attaches its penalties in its first training step) raises a clear error:
+build the model functionally or wrap it.
+
+Default strength: `lam = 1e-2`, the value Hoffman et al. (2019) use in
+their MNIST experiments; the DREG preprint fixes only DREG's strength.
+"""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+from keras import tree
+
+from keras_dreg.penalties import base
+from keras_dreg.penalties import input_gradient
+
+DEFAULT_LAM = 1e-2
+
+
+@keras.saving.register_keras_serializable(package="keras_dreg")
+class JacobianPenalty(base.Penalty):
+    """`lam * mean_i ||d f(x_i) / d x_i||_F^2`, by random projections.
+
+    Args:
+        lam: Strength; defaults to `1e-2` (Hoffman et al., 2019).
+        num_projections: Random projections per example and step, `n`.
+        exact: Use the `C` unit vectors instead (exact, `C` passes).
+        seed: Seed of the projections; `None` draws one.
+        every_n_steps: Apply it on every `k`-th training step only.
+
+    Example:
+
+    ```python
+    model = keras_dreg.PenalizedWrapper(
+        base_model,
+        penalties=[keras_dreg.penalties.JacobianPenalty(num_projections=2)],
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y)  # logs loss and jacobian_penalty
+    ```
+    """
+
+    name = "jacobian"
+    default_lam = DEFAULT_LAM
+
+    def __init__(
+        self,
+        lam: float | None = None,
+        num_projections: int = 1,
+        exact: bool = False,
+        seed: int | None = None,
+        every_n_steps: int = 1,
+    ):
+        super().__init__(lam, every_n_steps)
+        self.num_projections = _validate_num_projections(num_projections)
+        self.exact = bool(exact)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def attach(self, model: keras.Model) -> None:
+        input_gradient.check_double_backprop(model, type(self).__name__)
+        if (
+            self.every_n_steps > 1
+            and not self.exact
+            and keras.backend.backend() == "jax"
+        ):
+            raise NotImplementedError(
+                f"{type(self).__name__}(every_n_steps={self.every_n_steps}) "
+                "is not supported on JAX: the skipped steps are a "
+                "`jax.lax.cond`, which cannot carry the update of the "
+                "projections' random seed out of its branch. Use "
+                "every_n_steps=1, exact=True, or the TensorFlow or PyTorch "
+                "backend."
+            )
+        if getattr(model, "train_function", None) is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} adds its random state to model "
+                f"'{model.name}', which must happen before the model's "
+                "train function is made; a subclassed PenalizedModel "
+                "attaches its penalties later, in its first training step. "
+                "Build the model with `PenalizedModel(inputs, outputs, "
+                "penalties=...)`, or wrap it: `PenalizedWrapper(model, "
+                "penalties=...)` or `keras_dreg.regularize(model, "
+                "'jacobian')`."
+            )
+        # An attribute of the model, so that the generator's state is part
+        # of the model's (JAX's stateless step threads it through).
+        setattr(model, f"_{self.name}_seed_generator", self.seed_generator)
+
+    def __call__(self, model, batch):
+        return self.lam * ops.mean(self.squared_norms(model, batch.x))
+
+    def squared_norms(self, model: keras.Model, x):
+        """`||J_i||_F^2` of each example (estimated unless `exact`).
+
+        Float32, shape `(batch,)`. Runs the model with `training=True`,
+        changing no state but the seed of the projections.
+        """
+        outputs, pullback = input_gradient.input_vjp(model, x, _flat_outputs)
+        (flat,) = outputs
+        units = flat.shape[1]
+        if self.exact:
+            eye = ops.eye(units, dtype="float32")
+            cotangents = [ops.zeros_like(flat) + eye[k] for k in range(units)]
+            scale = 1.0
+        else:
+            cotangents = [
+                self._projection(flat) for _ in range(self.num_projections)
+            ]
+            scale = units / self.num_projections
+        return scale * sum(
+            input_gradient.per_example_squared_norm(pullback([v]))
+            for v in cotangents
+        )
+
+    def _projection(self, flat):
+        """One vector per example, uniform on the unit sphere."""
+        v = keras.random.normal(ops.shape(flat), seed=self.seed_generator)
+        return v / ops.norm(v, axis=1, keepdims=True)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_projections": self.num_projections,
+            "exact": self.exact,
+            "seed": self.seed,
+        }
+
+
+def _flat_outputs(y_pred):
+    """The model's outputs as one float32 `(batch, C)` tensor."""
+    flat = []
+    for t in tree.flatten(y_pred):
+        if any(d is None for d in t.shape[1:]):
+            raise ValueError(
+                "The Jacobian penalty needs outputs of known size per "
+                f"example; received an output of shape {t.shape}."
+            )
+        units = math.prod(t.shape[1:])
+        flat.append(ops.reshape(ops.cast(t, "float32"), (-1, units)))
+    return [flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=1)]
+
+
+def _validate_num_projections(num_projections) -> int:
+    if isinstance(num_projections, bool) or not isinstance(
+        num_projections, numbers.Integral
+    ):
+        raise TypeError(
+            "`num_projections` must be an integer >= 1, received "
+            f"{num_projections!r}."
+        )
+    if num_projections < 1:
+        raise ValueError(
+            f"`num_projections` must be >= 1, received {num_projections}."
+        )
+    return int(num_projections)

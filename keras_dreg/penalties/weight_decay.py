@@ -1,0 +1,59 @@
+"""Weight decay: an L2 penalty on the kernels.
+
+    WD = lam * sum_W ||W||_F^2
+
+over every trainable kernel of the model: the variables whose name ends
+in `kernel` (`kernel`, `recurrent_kernel`, `depthwise_kernel`,
+`pointwise_kernel`), so neither biases, nor normalization parameters
+(`gamma`, `beta`), nor embeddings. It is `keras.regularizers.L2(lam)` on
+each kernel, applied to an existing model without rebuilding it. Its
+gradient is `2 * lam * W`: `lam = 5e-4` is PyTorch's
+`SGD(weight_decay=1e-3)`.
+
+Default strength: `lam = 5e-4`, the common default for CNNs (e.g. the
+CIFAR Wide ResNets of Zagoruyko & Komodakis, 2016), this project's
+choice; the DREG preprint fixes only DREG's strength.
+"""
+
+import keras
+from keras import ops
+
+from keras_dreg.penalties import base
+
+DEFAULT_LAM = 5e-4
+
+
+@keras.saving.register_keras_serializable(package="keras_dreg")
+class WeightDecay(base.Penalty):
+    """`lam * sum ||W||^2` over the model's trainable kernels.
+
+    Args:
+        lam: Strength; defaults to `5e-4`.
+        every_n_steps: Apply it on every `k`-th training step only.
+
+    Example:
+
+    ```python
+    model = keras_dreg.PenalizedWrapper(
+        base_model, penalties=[keras_dreg.penalties.WeightDecay(1e-4)]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y)  # logs loss and weight_decay_penalty
+    ```
+    """
+
+    name = "weight_decay"
+    default_lam = DEFAULT_LAM
+
+    def __call__(self, model, batch):
+        squares = [
+            ops.sum(ops.square(ops.cast(v, "float32"))) for v in kernels(model)
+        ]
+        if not squares:
+            return ops.zeros((), "float32")
+        return self.lam * ops.sum(ops.stack(squares))
+
+
+def kernels(model: keras.Model) -> list[keras.Variable]:
+    """The trainable variables of `model` whose name ends in `kernel`."""
+    return [v for v in model.trainable_variables if v.name.endswith("kernel")]
