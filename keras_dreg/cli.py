@@ -1,0 +1,204 @@
+"""The `keras-dreg` command line.
+
+    keras-dreg study run --preset quick --db results.sqlite
+    keras-dreg study report --db results.sqlite --out report/
+    keras-dreg study status --db results.sqlite
+
+`study run` runs the grid of a preset (`quick`, the default, or
+`paper`), optionally changed by a TOML file (`--config`) and by flags
+(flags win over the file, the file over the preset). It stores each run
+as it finishes and skips runs already stored, so the same command
+resumes an interrupted study. `study report` writes `report.md` and
+PNG plots; `study status` counts finished runs.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_LIST_FLAGS = {
+    "activations": (str, "Comma-separated, e.g. gelu,relu."),
+    "regularizers": (str, "Comma-separated, e.g. none,dreg."),
+    "datasets": (str, "Comma-separated, e.g. digits,digits_messy."),
+    "train_fractions": (float, "Comma-separated, e.g. 0.1,0.25,1."),
+    "imports": (
+        str,
+        "Comma-separated modules every worker imports first (e.g. ones "
+        "that call keras_dreg.study.register_dataset).",
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit status.
+
+    Example:
+
+    >>> main(["study", "status", "--db", "results.sqlite"])  # doctest: +SKIP
+    results.sqlite: 192 runs stored (jax: 192)
+    0
+    """
+    args = _parser().parse_args(argv)
+    return args.command(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-dreg", description="keras-dreg tools."
+    )
+    commands = parser.add_subparsers(required=True, metavar="{study}")
+    study = commands.add_parser(
+        "study", help="Re-run the DREG study and report on it."
+    )
+    actions = study.add_subparsers(required=True, metavar="{run,report,status}")
+    _add_run(actions)
+    report = actions.add_parser("report", help="Write the Markdown report.")
+    report.add_argument("--db", required=True, help="The results file.")
+    report.add_argument("--out", required=True, help="The report folder.")
+    report.set_defaults(command=_report)
+    status = actions.add_parser("status", help="Count finished runs.")
+    status.add_argument("--db", required=True, help="The results file.")
+    status.set_defaults(command=_status)
+    return parser
+
+
+def _add_run(actions) -> None:
+    run = actions.add_parser(
+        "run",
+        help="Run (or resume) a study grid.",
+        description="Run every run of the grid that is not yet in --db.",
+    )
+    run.add_argument(
+        "--preset",
+        choices=("quick", "paper"),
+        help="The grid to start from (default: the config's, else quick).",
+    )
+    run.add_argument("--config", help="A TOML file of study settings.")
+    run.add_argument(
+        "--db", default="results.sqlite", help="Results (%(default)s)."
+    )
+    run.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="A local process pool (default) or a Ray cluster.",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="Worker processes (default: one per CPU core; 0: in-process).",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("jax", "tensorflow", "torch"),
+        help="Keras backend of every run (default: Keras's own).",
+    )
+    run.add_argument("--ray-address", help="Address of a Ray cluster.")
+    for name, (kind, text) in _LIST_FLAGS.items():
+        run.add_argument(
+            "--" + name.replace("_", "-"), type=_comma_list(kind), help=text
+        )
+    run.add_argument(
+        "--seeds",
+        type=_seeds,
+        help="N (the seeds 0..N-1) or a comma-separated list.",
+    )
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--learning-rate", type=float)
+    run.add_argument("--quiet", action="store_true", help="No progress bar.")
+    run.set_defaults(command=_run)
+
+
+def _comma_list(kind):
+    def parse(text: str) -> tuple:
+        return tuple(kind(item) for item in text.split(",") if item)
+
+    return parse
+
+
+def _seeds(text: str) -> int | tuple[int, ...]:
+    return _comma_list(int)(text) if "," in text else int(text)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = (
+        *_LIST_FLAGS,
+        "seeds",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "backend",
+        "workers",
+        "executor",
+        "ray_address",
+    )
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from keras_dreg.study.config import load_config
+    from keras_dreg.study.runner import run_study
+
+    study = load_config(args.config, args.preset, **_overrides(args))
+    progress = run_study(study, args.db, verbose=not args.quiet)
+    print(
+        f"{progress.finished} runs finished, {progress.skipped} were "
+        f"already stored, {len(progress.failed)} failed."
+    )
+    if progress.failed:
+        print("Run the same command again to retry the failed runs.")
+    return 1 if progress.failed else 0
+
+
+def _missing(db: str) -> bool:
+    """Reports a database file that does not exist (and is not created)."""
+    if Path(db).exists():
+        return False
+    print(f"No results file {db}.", file=sys.stderr)
+    return True
+
+
+def _report(args: argparse.Namespace) -> int:
+    from keras_dreg.study.report import assess_findings
+    from keras_dreg.study.report import write_report
+    from keras_dreg.study.store import ResultStore
+
+    if _missing(args.db):
+        return 2
+    with ResultStore(args.db) as store:
+        rows = store.rows()
+    path = write_report(rows, args.out)
+    print(f"Wrote {path}")
+    for finding in assess_findings(rows):
+        print(f"  {finding.verdict:<15} {finding.claim}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from keras_dreg.study.config import StudyConfig
+    from keras_dreg.study.runner import expand_grid
+    from keras_dreg.study.store import ResultStore
+
+    if _missing(args.db):
+        return 2
+    with ResultStore(args.db) as store:
+        counts = store.counts_by_backend()
+        done = store.finished_keys()
+        studies = store.studies()
+    per_backend = ", ".join(f"{b}: {n}" for b, n in sorted(counts.items()))
+    print(f"{args.db}: {len(done)} runs stored ({per_backend or 'none'})")
+    for study in studies:
+        config = StudyConfig(**study["config"])
+        keys = {run.key for run in expand_grid(config)}
+        finished = len(keys & done)
+        print(
+            f"  grid started {study['started_at']} on {config.backend}: "
+            f"{finished}/{len(keys)} done ({100 * finished / len(keys):.0f}%)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""Statistics of a study: means, ranks and paired Wilcoxon tests.
+
+The runner stores one row per run (`store.ResultStore.rows`). The
+analysis derives the preprint's regimes from those rows; each selects
+runs and a score:
+
+| analysis    | runs                                   | score            |
+|-------------|----------------------------------------|------------------|
+| `overall`   | every data set, train fraction 1.0     | clean accuracy   |
+| `clean`     | clean data sets, train fraction 1.0    | clean accuracy   |
+| `messy`     | messy data sets, train fraction 1.0    | clean accuracy   |
+| `noise`     | every data set, train fraction 1.0     | noisy accuracy   |
+| `scarcity`  | train fractions below 1.0              | clean accuracy   |
+
+Regularizers are compared on matched cells: runs that agree on every
+setting but the regularizer (activation, data set, train fraction,
+seed, epochs, batch size, learning rate, backend). DREG is tested
+against each other regularizer with `scipy.stats.wilcoxon` (two-sided,
+zero differences dropped) over the cells both have; the p-values of one
+analysis form one family, corrected with Holm's step-down method.
+Effect sizes are the median paired difference and the matched-pairs
+rank-biserial correlation.
+"""
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+REFERENCE = "dreg"
+ALPHA = 0.05
+ANALYSES = ("overall", "clean", "messy", "noise", "scarcity")
+CELL_FIELDS = (
+    "activation",
+    "dataset",
+    "train_fraction",
+    "seed",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "backend",
+)
+
+Row = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """One run's score in an analysis: its cell, regularizer and value."""
+
+    cell: tuple
+    regularizer: str
+    value: float
+    row: Row
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Mean, standard deviation, 95% confidence half-width and count."""
+
+    mean: float
+    std: float
+    ci95: float
+    n: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A paired Wilcoxon signed-rank test of the reference vs `other`.
+
+    Differences are `reference - other` per matched cell; `wins`,
+    `ties` and `losses` count them from the reference's side.
+    `rank_biserial` lies in [-1, 1], positive when the reference is
+    better. `p_holm` is Holm-adjusted within its family of tests.
+    """
+
+    other: str
+    n: int
+    wins: int
+    ties: int
+    losses: int
+    mean_diff: float
+    median_diff: float
+    rank_biserial: float
+    statistic: float
+    p_value: float
+    p_holm: float
+
+
+def scores(rows: Iterable[Row], analysis: str) -> list[Score]:
+    """The runs of `analysis` (see the module docstring) and their scores.
+
+    Example:
+
+    >>> row = dict(activation="gelu", dataset="d", train_fraction=1.0,
+    ...            seed=0, epochs=1, batch_size=8, learning_rate=1e-3,
+    ...            backend="jax", regularizer="dreg", messy=False,
+    ...            accuracy=0.9, noisy_accuracy=0.7)
+    >>> [s.value for s in scores([row], "noise")]
+    [0.7]
+    """
+    if analysis not in ANALYSES:
+        raise ValueError(f"analysis must be one of {ANALYSES}.")
+    selected = []
+    for row in rows:
+        full = row["train_fraction"] >= 1.0
+        keep = {
+            "overall": full,
+            "clean": full and not row["messy"],
+            "messy": full and row["messy"],
+            "noise": full,
+            "scarcity": not full,
+        }[analysis]
+        if keep:
+            field = "noisy_accuracy" if analysis == "noise" else "accuracy"
+            selected.append(to_score(row, field))
+    return selected
+
+
+def to_score(row: Row, field: str = "accuracy") -> Score:
+    """A row's `Score`: its cell, regularizer and the value of `field`."""
+    cell = tuple(row[f] for f in CELL_FIELDS)
+    return Score(cell, row["regularizer"], float(row[field]), row)
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Mean, sample std, t-based 95% confidence half-width and count.
+
+    Example:
+
+    >>> summarize([1.0, 2.0, 3.0]).mean
+    2.0
+    """
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return Summary(np.nan, np.nan, np.nan, 0)
+    if n == 1:
+        return Summary(float(values[0]), np.nan, np.nan, 1)
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
+    return Summary(float(values.mean()), std, half, n)
+
+
+def table(
+    selected: Iterable[Score], by: str | None = None
+) -> dict[Any, dict[str, Summary]]:
+    """Per-regularizer summaries, optionally per value of a row field.
+
+    Returns `{group: {regularizer: Summary}}`; the group is `None` when
+    `by` is `None`, else the row's `by` value (e.g. `"activation"`).
+
+    Example:
+
+    >>> table(scores(rows, "overall"), by="activation")  # doctest: +SKIP
+    {'gelu': {'dreg': Summary(mean=0.91, ...), ...}, ...}
+    """
+    groups = defaultdict(lambda: defaultdict(list))
+    for s in selected:
+        group = None if by is None else s.row[by]
+        groups[group][s.regularizer].append(s.value)
+    return {
+        g: {r: summarize(v) for r, v in regs.items()}
+        for g, regs in groups.items()
+    }
+
+
+def by_cell(selected: Iterable[Score]) -> dict[tuple, dict[str, float]]:
+    """`{cell: {regularizer: score}}`."""
+    cells = defaultdict(dict)
+    for s in selected:
+        cells[s.cell][s.regularizer] = s.value
+    return dict(cells)
+
+
+def average_ranks(
+    selected: Iterable[Score], regularizers: Sequence[str] | None = None
+) -> tuple[dict[str, float], int]:
+    """Average rank of each regularizer (1 = best) and the cell count.
+
+    Only cells that have every regularizer are ranked; ties share the
+    average rank (`scipy.stats.rankdata`).
+
+    Example:
+
+    >>> ranks, n = average_ranks(scores(rows, "overall"))  # doctest: +SKIP
+    """
+    cells = by_cell(selected)
+    if regularizers is None:
+        regularizers = sorted({r for c in cells.values() for r in c})
+    complete = [
+        [c[r] for r in regularizers]
+        for c in cells.values()
+        if all(r in c for r in regularizers)
+    ]
+    if not complete:
+        return {r: np.nan for r in regularizers}, 0
+    ranks = stats.rankdata(-np.asarray(complete), axis=1)
+    return dict(zip(regularizers, ranks.mean(axis=0).tolist())), len(complete)
+
+
+def paired(
+    selected: Iterable[Score], a: str, b: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of `a` and `b` on the cells that have both, matched."""
+    cells = [c for c in by_cell(selected).values() if a in c and b in c]
+    return (
+        np.array([c[a] for c in cells], dtype=float),
+        np.array([c[b] for c in cells], dtype=float),
+    )
+
+
+def rank_biserial(differences: Sequence[float]) -> float:
+    """Matched-pairs rank-biserial correlation of paired differences.
+
+    `(R+ - R-) / (R+ + R-)`, where `R+` and `R-` sum the ranks of
+    `|d|` over the positive and the negative differences; zeros are
+    dropped as in the Wilcoxon test. NaN when every difference is zero.
+
+    Example:
+
+    >>> rank_biserial([1.0, 2.0, -0.5])
+    0.6666666666666666
+    """
+    d = np.asarray(differences, dtype=float)
+    d = d[d != 0]
+    if len(d) == 0:
+        return float("nan")
+    ranks = stats.rankdata(np.abs(d))
+    plus, minus = ranks[d > 0].sum(), ranks[d < 0].sum()
+    return float((plus - minus) / (plus + minus))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaNs are left out and kept).
+
+    The i-th smallest of `m` p-values is multiplied by `m - i + 1`; the
+    results are made monotone and capped at 1.
+
+    Example:
+
+    >>> holm([0.01, 0.04, 0.03]).round(2).tolist()
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = len(order)
+    scaled = p[order] * (m - np.arange(m))
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return adjusted
+
+
+def wilcoxon(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Wilcoxon signed-rank test of paired `x` and `y`.
+
+    Returns `(statistic, p)`; `(nan, nan)` with no pairs and `(nan, 1.0)`
+    when every difference is zero (no evidence of any difference).
+
+    Example:
+
+    >>> wilcoxon([1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0])
+    (0.0, 0.03125)
+    """
+    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if len(d) == 0:
+        return float("nan"), float("nan")
+    if not np.any(d != 0):
+        return float("nan"), 1.0
+    result = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+    return float(result.statistic), float(result.pvalue)
+
+
+def compare(
+    selected: Sequence[Score],
+    reference: str = REFERENCE,
+    others: Sequence[str] | None = None,
+) -> list[Comparison]:
+    """Paired Wilcoxon tests of `reference` vs each other regularizer.
+
+    The tests form one family: `p_holm` is Holm-adjusted over them.
+
+    Example:
+
+    >>> for c in compare(scores(rows, "overall")):  # doctest: +SKIP
+    ...     print(c.other, c.median_diff, c.p_holm)
+    """
+    if others is None:
+        present = {s.regularizer for s in selected}
+        others = sorted(present - {reference})
+    raw = []
+    for other in others:
+        x, y = paired(selected, reference, other)
+        d = x - y
+        statistic, p = wilcoxon(x, y)
+        raw.append(
+            dict(
+                other=other,
+                n=len(d),
+                wins=int(np.sum(d > 0)),
+                ties=int(np.sum(d == 0)),
+                losses=int(np.sum(d < 0)),
+                mean_diff=float(d.mean()) if len(d) else np.nan,
+                median_diff=float(np.median(d)) if len(d) else np.nan,
+                rank_biserial=rank_biserial(d),
+                statistic=statistic,
+                p_value=p,
+            )
+        )
+    adjusted = holm([r["p_value"] for r in raw])
+    return [Comparison(**r, p_holm=float(a)) for r, a in zip(raw, adjusted)]
+
+
+def best_attainable_p(n: int, family_size: int = 1) -> float:
+    """The smallest Holm-adjusted p a two-sided test of `n` pairs can give.
+
+    With `n` nonzero, untied differences the exact Wilcoxon test cannot
+    go below `2 / 2**n`; Holm multiplies the smallest p of the family by
+    its size. A claim of significance at `ALPHA` is untestable when this
+    exceeds `ALPHA`.
+
+    Example:
+
+    >>> best_attainable_p(6)
+    0.03125
+    """
+    if n < 1:
+        return 1.0
+    return min(1.0, family_size * 2.0 / 2.0**n)
+
+
+def advantage_by_fraction(
+    rows: Iterable[Row], reference: str = REFERENCE
+) -> dict[float, dict[tuple, float]]:
+    """The reference's advantage per train fraction and matched cell.
+
+    The advantage in a cell is the reference's clean accuracy minus the
+    mean of the other regularizers' in that cell; only cells that have
+    every regularizer count. Cells are keyed without the fraction, so
+    one cell can be followed across fractions.
+
+    Example:
+
+    >>> adv = advantage_by_fraction(rows)  # doctest: +SKIP
+    >>> {f: np.mean(list(c.values())) for f, c in adv.items()}
+    {0.1: 0.031, 0.25: 0.018, 1.0: 0.004}
+    """
+    selected = [to_score(row) for row in rows]
+    regularizers = sorted({s.regularizer for s in selected})
+    if reference not in regularizers or len(regularizers) < 2:
+        return {}
+    at = CELL_FIELDS.index("train_fraction")
+    result = defaultdict(dict)
+    for cell, values in by_cell(selected).items():
+        if all(r in values for r in regularizers):
+            others = [values[r] for r in regularizers if r != reference]
+            short = cell[:at] + cell[at + 1 :]
+            result[cell[at]][short] = values[reference] - float(np.mean(others))
+    return dict(sorted(result.items()))
