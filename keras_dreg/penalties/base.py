@@ -62,7 +62,9 @@ class Penalty:
 
     def __init__(self, lam: float | None = None, every_n_steps: int = 1):
         self.lam = validate_lam(self.default_lam if lam is None else lam)
-        self.every_n_steps = validate_every_n_steps(every_n_steps)
+        self.every_n_steps = validate_positive_int(
+            every_n_steps, "every_n_steps"
+        )
 
     def attach(self, model: keras.Model) -> None:
         """Called once the model's layers exist, before the first use."""
@@ -91,30 +93,35 @@ class Penalty:
 
 def validate_lam(lam) -> float:
     """Returns `lam` as a float, or raises a clear error."""
-    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
-        raise TypeError(
-            f"`lam` must be a real number, received {lam!r} of type "
-            f"{type(lam).__name__}. The study's value is 10**-2.5."
-        )
-    if not math.isfinite(lam) or lam < 0:
-        raise ValueError(
-            f"`lam` must be finite and >= 0, received {lam}. Use lam=0 to "
-            "train without the penalty."
-        )
-    return float(lam)
+    return validate_non_negative(
+        lam,
+        "lam",
+        hint=" The study's value is 10**-2.5; lam=0 trains without the "
+        "penalty.",
+    )
 
 
-def validate_every_n_steps(every_n_steps) -> int:
-    """Returns `every_n_steps` as an int >= 1, or raises a clear error."""
-    if isinstance(every_n_steps, bool) or not isinstance(
-        every_n_steps, numbers.Integral
-    ):
+def validate_non_negative(value, name: str, hint: str = "") -> float:
+    """Returns `value` as a float if it is a finite real number >= 0,
+    else raises a `TypeError`/`ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            "`every_n_steps` must be an integer >= 1, received "
-            f"{every_n_steps!r}."
+            f"`{name}` must be a real number, received {value!r} of type "
+            f"{type(value).__name__}.{hint}"
         )
-    if every_n_steps < 1:
+    if not math.isfinite(value) or value < 0:
         raise ValueError(
-            f"`every_n_steps` must be >= 1, received {every_n_steps}."
+            f"`{name}` must be finite and >= 0, received {value}.{hint}"
         )
-    return int(every_n_steps)
+    return float(value)
+
+
+def validate_positive_int(value, name: str) -> int:
+    """Returns `value` as an int >= 1, or raises a clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be an integer >= 1, received {value!r}."
+        )
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1, received {value}.")
+    return int(value)

@@ -1,8 +1,5 @@
 """The DREG penalty as a `Penalty`: the sum of the layer terms."""
 
-import math
-import numbers
-
 import keras
 from keras import ops
 
@@ -175,16 +172,7 @@ def _selectors(selectors):
 
 
 def _validate_layer_weights(layer_weights):
-    layer_weights = dict(layer_weights or {})
-    for name, weight in layer_weights.items():
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-            raise TypeError(
-                f"`layer_weights['{name}']` must be a number, received "
-                f"{weight!r}."
-            )
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(
-                f"`layer_weights['{name}']` must be finite and >= 0, "
-                f"received {weight}."
-            )
-    return {name: float(w) for name, w in layer_weights.items()}
+    return {
+        name: base.validate_non_negative(weight, f"layer_weights['{name}']")
+        for name, weight in dict(layer_weights or {}).items()
+    }

@@ -35,7 +35,6 @@ their MNIST experiments; the DREG preprint fixes only DREG's strength.
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
@@ -82,7 +81,9 @@ class JacobianPenalty(base.Penalty):
         every_n_steps: int = 1,
     ):
         super().__init__(lam, every_n_steps)
-        self.num_projections = _validate_num_projections(num_projections)
+        self.num_projections = base.validate_positive_int(
+            num_projections, "num_projections"
+        )
         self.exact = bool(exact)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -169,18 +170,3 @@ def _flat_outputs(y_pred):
         units = math.prod(t.shape[1:])
         flat.append(ops.reshape(ops.cast(t, "float32"), (-1, units)))
     return [flat[0] if len(flat) == 1 else ops.concatenate(flat, axis=1)]
-
-
-def _validate_num_projections(num_projections) -> int:
-    if isinstance(num_projections, bool) or not isinstance(
-        num_projections, numbers.Integral
-    ):
-        raise TypeError(
-            "`num_projections` must be an integer >= 1, received "
-            f"{num_projections!r}."
-        )
-    if num_projections < 1:
-        raise ValueError(
-            f"`num_projections` must be >= 1, received {num_projections}."
-        )
-    return int(num_projections)
