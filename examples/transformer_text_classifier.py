@@ -1,0 +1,153 @@
+"""A GELU transformer text classifier, trained with DREG and without.
+
+The data is `text_rule`, the study's offline synthetic text task (made
+on the fly, nothing is downloaded): sequences of 12-32 token ids whose
+label is the most frequent keyword group, shifted to the next class
+when a negation token occurs, so the model must count keywords and
+combine them with the negation. The model is a small transformer
+encoder: token embedding, one multi-head self-attention block and a
+GELU feed-forward block, each with a residual connection and layer
+normalization, mean pooling and a linear head. The feed-forward
+`Dense(activation="gelu")` layers are what DREG regularizes; the
+attention projections have no activation and are skipped.
+
+Both runs start from the same initial weights and see the same batches;
+the script prints each one's clean test accuracy, its accuracy when 20%
+of the test tokens are replaced at random, and the DREG penalty.
+`--dataset text_rule_messy` trains on a corrupted training set (20% of
+labels flipped, 20% of sequences with replaced tokens).
+
+Run it on any backend:
+
+    KERAS_BACKEND=jax python examples/transformer_text_classifier.py
+    KERAS_BACKEND=torch python examples/transformer_text_classifier.py \\
+        --dataset text_rule_messy
+    KERAS_BACKEND=tensorflow python examples/transformer_text_classifier.py \\
+        --quick  # CI sizes
+"""
+
+import argparse
+
+import keras
+import numpy as np
+from keras import layers
+
+import keras_dreg
+from keras_dreg.study.datasets import Dataset
+from keras_dreg.study.datasets import load_dataset
+from keras_dreg.study.regimes import corrupt_test_inputs
+
+EMBED_DIM = 32
+NUM_HEADS = 4
+FF_DIM = 64
+NUM_BLOCKS = 2
+QUICK_TRAIN_SIZE = 1000
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dataset",
+        choices=("text_rule", "text_rule_messy"),
+        default="text_rule",
+    )
+    parser.add_argument("--epochs", type=positive_int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"2 epochs on {QUICK_TRAIN_SIZE} training sequences: CI sizes.",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs = 2
+    return args
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def transformer_block(x, block: int):
+    """Post-norm self-attention and GELU feed-forward, with residuals."""
+    attended = layers.MultiHeadAttention(
+        NUM_HEADS, EMBED_DIM // NUM_HEADS, name=f"attention_{block}"
+    )(x, x)
+    x = layers.LayerNormalization()(layers.Add()([x, attended]))
+    hidden = layers.Dense(FF_DIM, activation="gelu", name=f"ff_{block}")(x)
+    projected = layers.Dense(EMBED_DIM, name=f"ff_out_{block}")(hidden)
+    return layers.LayerNormalization()(layers.Add()([x, projected]))
+
+
+def build_model(data: Dataset, seed: int) -> keras.Model:
+    """The same initial weights for every call with the same seed.
+
+    There is no position embedding: the task ignores token order.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(data.x_train.shape[1:], dtype="int32")
+    x = layers.Embedding(data.vocab_size, EMBED_DIM)(inputs)
+    for block in range(NUM_BLOCKS):
+        x = transformer_block(x, block)
+    x = layers.GlobalAveragePooling1D()(x)
+    outputs = layers.Dense(data.num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="text_transformer")
+
+
+def accuracy(model: keras.Model, x, y) -> float:
+    logits = model.predict(x, batch_size=512, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def train(regularizer: str, data: Dataset, args) -> dict[str, float]:
+    """Trains one model with `regularizer` ("none" or "dreg")."""
+    model = keras_dreg.regularize(build_model(data, args.seed), regularizer)
+    if regularizer == "dreg":
+        print(f"DREG regularizes: {model.dreg_layers}")
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    keras.utils.set_random_seed(args.seed)  # The same batch order.
+    train_size = QUICK_TRAIN_SIZE if args.quick else len(data.x_train)
+    history = model.fit(
+        data.x_train[:train_size],
+        data.y_train[:train_size],
+        validation_data=(data.x_test, data.y_test),
+        epochs=args.epochs,
+        batch_size=64,
+        verbose=2,
+    )
+    noisy_x_test = corrupt_test_inputs(data, args.seed)
+    return {
+        "test accuracy": accuracy(model, data.x_test, data.y_test),
+        "noisy test accuracy": accuracy(model, noisy_x_test, data.y_test),
+        "dreg_penalty": history.history.get("dreg_penalty", [np.nan])[-1],
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    data = load_dataset(args.dataset, seed=args.seed)
+    print(
+        f"backend: {keras.backend.backend()}, {data.name}: "
+        f"{data.description}, {len(data.x_train)} training sequences"
+    )
+    results = {}
+    for regularizer in ("none", "dreg"):
+        print(f"\n== {regularizer}")
+        results[regularizer] = train(regularizer, data, args)
+
+    columns = list(results["none"])
+    print(f"\n{'regularizer':<12}" + "".join(f"{c:>22}" for c in columns))
+    for regularizer, metrics in results.items():
+        values = "".join(f"{metrics[c]:>22.4f}" for c in columns)
+        print(f"{regularizer:<12}{values}")
+
+
+if __name__ == "__main__":
+    main()
