@@ -199,10 +199,20 @@ def layer_penalty(
     if stop_gradient_derivative:
         slope = ops.stop_gradient(slope)
     norms = unit_weight_norms(layer)
-    weighted = ops.square(slope) * norms
+    unit_shape = (1,) * (z.ndim - norms.ndim) + tuple(norms.shape)
+    norms = ops.reshape(norms, unit_shape)
+    squared_slope = _mean_per_unit(ops.square(slope), unit_shape)
     if unit_scale is not None:
-        weighted = weighted * ops.square(unit_scale)
-    unit_count = 1
-    for size in norms.shape:
-        unit_count *= size
-    return ops.mean(weighted) * unit_count
+        squared_slope = squared_slope * ops.square(unit_scale)
+    return ops.sum(squared_slope * norms)
+
+
+def _mean_per_unit(values, unit_shape):
+    """`values` averaged over every axis where `unit_shape` has size 1.
+
+    Reducing `phi'(z)^2` to one number per unit before it meets the
+    weight norms keeps the rest of the penalty (and its backward pass)
+    at the size of the kernel instead of the size of the activations.
+    """
+    axes = tuple(i for i, size in enumerate(unit_shape) if size == 1)
+    return ops.mean(values, axis=axes, keepdims=True)
