@@ -56,6 +56,16 @@ class RegularizedLayer:
         activation_layer: The separate activation layer, or `None` when
             the activation is the kernel layer's own.
         batch_norm: The `BatchNormalization` between the two, if any.
+
+    Example:
+
+    >>> inputs = keras.Input((4,))
+    >>> x = keras.layers.Dense(8, activation="gelu", name="hidden")(inputs)
+    >>> model = keras_dreg.wrap(keras.Model(inputs, keras.layers.Dense(2)(x)))
+    >>> model.dreg_layers
+    [RegularizedLayer(hidden, activation=gelu)]
+    >>> model.dreg_layers[0].layer.units
+    8
     """
 
     layer: keras.layers.Layer

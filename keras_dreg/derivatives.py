@@ -108,6 +108,14 @@ class ActivationInfo(NamedTuple):
         kind: `"elementwise"`, `"linear"` or `"non_elementwise"`.
         derivative: `phi'`, mapping `z` to a tensor of the same shape and
             dtype; `None` unless `kind` is `"elementwise"`.
+
+    Example:
+
+    >>> info = describe_activation("tanh")
+    >>> info.name, info.kind
+    ('tanh', 'elementwise')
+    >>> describe_activation(None).derivative is None
+    True
     """
 
     name: str

@@ -26,7 +26,7 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
     penalty as `dreg_penalty`; `loss` includes it. `evaluate` and
     `predict` never compute it.
 
-    Three ways to build one:
+    Example: the three ways to build one.
 
     ```python
     # Functional
@@ -101,6 +101,7 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
 
     @property
     def lam(self) -> float:
+        """The penalty strength."""
         return self.dreg.lam
 
     @property
@@ -140,6 +141,10 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
 
         Shows where the activation derivative, and so the pressure of the
         penalty, is largest.
+
+        Example:
+
+        >>> model.mean_squared_derivatives(x_batch)["dense"]
         """
         self._attach_penalties()
         with self.dreg.recording() as records:

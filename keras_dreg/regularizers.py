@@ -40,6 +40,7 @@ REGULARIZERS = (
     "spectral_norm",
     "dreg",
 )
+"""The names `regularize` accepts: the DREG study's six regularizers."""
 
 PENALTIES = {
     "weight_decay": WeightDecay,

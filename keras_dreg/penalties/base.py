@@ -17,7 +17,22 @@ import keras
 
 
 class Batch(NamedTuple):
-    """What `compute_loss` receives in a training step."""
+    """What `compute_loss` receives in a training step.
+
+    A `Penalty` gets it as `batch`: the inputs `x`, targets `y`,
+    predictions `y_pred` and the sample weights.
+
+    Example: a penalty on the size of the logits.
+
+    ```python
+    class LogitPenalty(keras_dreg.penalties.Penalty):
+        name = "logits"
+        default_lam = 1e-3
+
+        def __call__(self, model, batch):
+            return self.lam * keras.ops.mean(keras.ops.square(batch.y_pred))
+    ```
+    """
 
     x: Any
     y: Any

@@ -117,7 +117,9 @@ OFFLINE_DATASETS = (
     "breast_cancer",
     "breast_cancer_messy",
 )
+"""The eight default data sets, which need no download (see above)."""
 ONLINE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "imdb", "reuters")
+"""Keras's data sets, downloaded by `keras.datasets` on first use."""
 TEST_FRACTION = 0.25
 ONLINE_NUM_WORDS = 10_000
 ONLINE_MAXLEN = 200

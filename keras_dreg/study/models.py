@@ -63,6 +63,7 @@ from keras import layers
 from keras_dreg.study.datasets import Dataset
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+"""The study's hidden-layer activations (see above)."""
 
 HIDDEN_UNITS = 128
 CONV_FILTERS = (32, 64)

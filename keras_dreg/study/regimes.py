@@ -51,7 +51,9 @@ if TYPE_CHECKING:
     from keras_dreg.study.datasets import Dataset
 
 REGIMES = ("clean", "messy", "noise", "scarcity")
+"""The regimes the study reports on (see above)."""
 TRAIN_FRACTIONS = (0.1, 0.25, 1.0)
+"""The training-set fractions of the `paper` preset (data scarcity)."""
 
 LABEL_NOISE = 0.2
 INPUT_NOISE = 0.2

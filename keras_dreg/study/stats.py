@@ -51,7 +51,17 @@ Row = Mapping[str, Any]
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-    """One run's score in an analysis: its cell, regularizer and value."""
+    """One run's score in an analysis: its cell, regularizer and value.
+
+    Example:
+
+    >>> row = dict(activation="gelu", dataset="d", train_fraction=1.0,
+    ...            seed=0, epochs=1, batch_size=8, learning_rate=1e-3,
+    ...            backend="jax", regularizer="dreg", accuracy=0.9)
+    >>> score = to_score(row)
+    >>> score.regularizer, score.value
+    ('dreg', 0.9)
+    """
 
     cell: tuple
     regularizer: str
@@ -61,7 +71,13 @@ class Score:
 
 @dataclasses.dataclass(frozen=True)
 class Summary:
-    """Mean, standard deviation, 95% confidence half-width and count."""
+    """Mean, standard deviation, 95% confidence half-width and count.
+
+    Example:
+
+    >>> summarize([0.9, 0.8, 0.7]).n
+    3
+    """
 
     mean: float
     std: float
@@ -77,6 +93,12 @@ class Comparison:
     `ties` and `losses` count them from the reference's side.
     `rank_biserial` lies in [-1, 1], positive when the reference is
     better. `p_holm` is Holm-adjusted within its family of tests.
+
+    Example:
+
+    >>> comparisons = compare(scores(rows, "overall"))  # doctest: +SKIP
+    >>> [(c.other, c.wins, c.losses, c.p_holm) for c in comparisons]
+    [('igpen', 10, 14, 1.0), ...]
     """
 
     other: str

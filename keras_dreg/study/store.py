@@ -77,6 +77,12 @@ class RunResult:
         wall_time: Seconds to build, train and score the model (data
             loading, cached per worker, is left out).
         versions: Package versions, e.g. `{"keras": "3.15.1", ...}`.
+
+    Example:
+
+    >>> result = train_run(run)  # doctest: +SKIP
+    >>> result.accuracy, result.as_row()["regularizer"]  # doctest: +SKIP
+    (0.97, 'dreg')
     """
 
     config: RunConfig
