@@ -2,6 +2,7 @@
 quick start runs as written."""
 
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -89,3 +90,21 @@ def test_quickstart_runs(tmp_path, monkeypatch):
             if name in namespace:
                 namespace[name] = namespace[name][:256]
     assert isinstance(namespace["model"], keras_dreg.PenalizedModel)
+
+
+def test_keras_style_examples_become_google_sections():
+    pytest.importorskip("griffe")
+    path = ROOT / "scripts" / "griffe_keras_docstrings.py"
+    spec = importlib.util.spec_from_file_location("griffe_keras", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keras_style = (
+        "Summary.\n\nExample: two calls.\n\n>>> f()\n\n```python\n"
+        "Args: not a header\n```\n\nArgs:\n    x: An input.\n"
+    )
+    assert module.indent_examples(keras_style) == (
+        "Summary.\n\nExamples: two calls.\n    >>> f()\n\n    ```python\n"
+        "    Args: not a header\n    ```\n\nArgs:\n    x: An input.\n"
+    )
+    google_style = "Summary.\n\nExamples:\n    >>> f()\n"
+    assert module.indent_examples(google_style) == google_style

@@ -12,14 +12,12 @@ and their four messy twins, one pair per kind of input, so that every
 kind is seen both clean and messy and the clean/messy comparison is
 paired on the same underlying data:
 
-============================  =========  ======  =======  =======  =====
-name (and ``_messy`` twin)    task       pool    train    test     class
-============================  =========  ======  =======  =======  =====
-``digits``                    image      1797    1348     449      10
-``mnist1d``                   sequence   5000    3750     1250     10
-``text_rule``                 text       4000    3000     1000     4
-``breast_cancer``             tabular    569     427      142      2
-============================  =========  ======  =======  =======  =====
+| name (and ``_messy`` twin) | task     | pool | train | test | classes |
+|----------------------------|----------|------|-------|------|---------|
+| ``digits``                 | image    | 1797 | 1348  | 449  | 10      |
+| ``mnist1d``                | sequence | 5000 | 3750  | 1250 | 10      |
+| ``text_rule``              | text     | 4000 | 3000  | 1000 | 4       |
+| ``breast_cancer``          | tabular  | 569  | 427   | 142  | 2       |
 
 - ``digits``: scikit-learn's ``load_digits``, 8x8 grey-level digits with
   values 0..16, as ``(N, 8, 8, 1)`` images (vision-like).
