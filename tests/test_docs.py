@@ -6,6 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import keras
 import pytest
 
 import keras_dreg
@@ -16,7 +17,7 @@ DOCS = ROOT / "docs"
 # Modules whose `__all__` is the public API; each name must be on an API
 # page (`docs/api/*.md`, as a `::: path` directive).
 PUBLIC_MODULES = ("keras_dreg", "keras_dreg.penalties", "keras_dreg.study")
-# Names in `__all__` documented by a whole page of their own.
+# Submodules with an API page of their own, and the version string.
 DOCUMENTED_AS_PAGE = {"__version__", "callbacks", "derivatives", "penalties"}
 
 EXAMPLE_HEADER = re.compile(r"^\s*Examples?:", re.MULTILINE)
@@ -83,13 +84,17 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     assert len(blocks) >= 5
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    for block in blocks:
-        code = block.replace("epochs=5", "epochs=1")
-        exec(compile(code, str(DOCS / "quickstart.md"), "exec"), namespace)
-        for name in ("x_train", "y_train", "x_test", "y_test"):
-            if name in namespace:
-                namespace[name] = namespace[name][:256]
-    assert isinstance(namespace["model"], keras_dreg.PenalizedModel)
+    try:
+        for block in blocks:
+            code = block.replace("epochs=5", "epochs=1")
+            exec(compile(code, str(DOCS / "quickstart.md"), "exec"), namespace)
+            for name in ("x_train", "y_train", "x_test", "y_test"):
+                if name in namespace:
+                    namespace[name] = namespace[name][:256]
+        assert isinstance(namespace["model"], keras_dreg.PenalizedModel)
+    finally:
+        # Fresh layer names for the tests that follow.
+        keras.backend.clear_session()
 
 
 def test_keras_style_examples_become_google_sections():
