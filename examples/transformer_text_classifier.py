@@ -102,7 +102,7 @@ def accuracy(model: keras.Model, x, y) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def train(regularizer: str, data: Dataset, args) -> dict[str, float]:
+def train(regularizer: str, data: Dataset, args) -> dict:
     """Trains one model with `regularizer` ("none" or "dreg")."""
     model = keras_dreg.regularize(build_model(data, args.seed), regularizer)
     if regularizer == "dreg":
@@ -126,7 +126,7 @@ def train(regularizer: str, data: Dataset, args) -> dict[str, float]:
     return {
         "test accuracy": accuracy(model, data.x_test, data.y_test),
         "noisy test accuracy": accuracy(model, noisy_x_test, data.y_test),
-        "dreg_penalty": history.history.get("dreg_penalty", [np.nan])[-1],
+        "dreg_penalty": history.history.get("dreg_penalty", [None])[-1],
     }
 
 
@@ -142,11 +142,17 @@ def main() -> None:
         print(f"\n== {regularizer}")
         results[regularizer] = train(regularizer, data, args)
 
-    columns = list(results["none"])
-    print(f"\n{'regularizer':<12}" + "".join(f"{c:>22}" for c in columns))
-    for regularizer, metrics in results.items():
-        values = "".join(f"{metrics[c]:>22.4f}" for c in columns)
-        print(f"{regularizer:<12}{values}")
+    print(
+        f"\n{'regularizer':<12}{'test accuracy':>15}"
+        f"{'noisy test accuracy':>21}{'dreg_penalty':>14}"
+    )
+    for regularizer, r in results.items():
+        penalty = r["dreg_penalty"]
+        print(
+            f"{regularizer:<12}{r['test accuracy']:>15.4f}"
+            f"{r['noisy test accuracy']:>21.4f}"
+            + (f"{penalty:>14.4f}" if penalty is not None else f"{'-':>14}")
+        )
 
 
 if __name__ == "__main__":
