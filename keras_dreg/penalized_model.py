@@ -58,6 +58,9 @@ class PenalizedModel(keras.Model):
     def __init__(self, *args, penalties=(), **kwargs):
         super().__init__(*args, **kwargs)
         self._penalties = _deserialize_penalties(penalties)
+        # The model's own state, tracked before any train function exists,
+        # in every form of the model (functional, subclassed, wrapped).
+        self._penalty_seed_generators = _seed_generators(self._penalties)
         self._penalty_trackers = [
             keras.metrics.Mean(name=f"{p.name}_penalty")
             for p in self._penalties
@@ -128,13 +131,54 @@ class PenalizedModel(keras.Model):
         return step
 
     def _scheduled(self, penalty, batch, step):
+        """The penalty on its steps (`step % every_n_steps == 0`), else 0.
+
+        The two cases are the branches of an `ops.cond`, whose branches
+        cannot change variables on JAX: the penalty runs statelessly and
+        both branches return the state of its `seed_generators`, which is
+        assigned after the `cond`, on every backend.
+        """
         if penalty.every_n_steps == 1:
             return ops.cast(penalty(self, batch), "float32")
-        return ops.cond(
-            ops.equal(ops.mod(step, penalty.every_n_steps), 0),
-            lambda: ops.cast(penalty(self, batch), "float32"),
-            lambda: ops.zeros((), "float32"),
+        state = [generator.state for generator in penalty.seed_generators]
+
+        def apply():
+            return self._stateless_penalty(penalty, batch, state)
+
+        def skip():
+            return ops.zeros((), "float32"), [v.value for v in state]
+
+        value, new_state = ops.cond(
+            ops.equal(ops.mod(step, penalty.every_n_steps), 0), apply, skip
         )
+        for variable, new_value in zip(state, new_state):
+            variable.assign(new_value)
+        return value
+
+    def _stateless_penalty(self, penalty, batch, state):
+        """`penalty(self, batch)` in a `StatelessScope`, and the new values
+        of the variables `state`; raises if it changed other variables."""
+        variables = self.variables
+        with keras.StatelessScope([(v, v.value) for v in variables]) as scope:
+            before = [scope.get_current_value(v) for v in variables]
+            value = ops.cast(penalty(self, batch), "float32")
+        carried = {id(v) for v in state}
+        changed = [
+            v.path
+            for v, old in zip(variables, before)
+            if scope.get_current_value(v) is not old and id(v) not in carried
+        ]
+        if changed:
+            raise ValueError(
+                f"{type(penalty).__name__}(every_n_steps="
+                f"{penalty.every_n_steps}) changed the variables {changed} "
+                "of the model. On the steps that skip a penalty, only the "
+                "state of its `seed_generators` is carried: a penalty may "
+                "change only that. Run the model statelessly inside the "
+                "penalty (`model.stateless_call`), list its random state in "
+                "`seed_generators`, or use every_n_steps=1."
+            )
+        return value, [scope.get_current_value(v) for v in state]
 
     @contextlib.contextmanager
     def penalty_scope(self):
@@ -261,6 +305,20 @@ class PenalizedWrapper(WrapperMixin, PenalizedModel):
     )
     ```
     """
+
+
+def _seed_generators(penalties):
+    generators = []
+    for penalty in penalties:
+        for generator in penalty.seed_generators:
+            if not isinstance(generator, keras.random.SeedGenerator):
+                raise TypeError(
+                    f"{type(penalty).__name__}.seed_generators must list "
+                    "`keras.random.SeedGenerator` instances; received "
+                    f"{generator!r}. Create them in the penalty's `__init__`."
+                )
+            generators.append(generator)
+    return generators
 
 
 def _deserialize_penalties(penalties):

@@ -117,3 +117,37 @@ def test_activation_layer_in_subclassed_model_warns():
     with pytest.warns(UserWarning, match="cannot tell which kernel layer"):
         sites = model.dreg_layers
     assert [s.layer for s in sites] == [model.hidden]
+
+
+class _Stateful(keras_dreg.penalties.Penalty):
+    """Runs the model statefully: moves its BatchNormalization stats."""
+
+    name = "stateful"
+
+    def __call__(self, model, batch):
+        return keras.ops.mean(model(batch.x, training=True)) * 0.0
+
+
+def test_a_scheduled_penalty_that_changes_the_model_raises():
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(name="norm")(inputs)
+    model = keras_dreg.PenalizedModel(
+        inputs,
+        keras.layers.Dense(2)(x),
+        penalties=[_Stateful(every_n_steps=2)],
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="norm.*only the state of its"):
+        model.train_on_batch(np.ones((2, 4), "float32"), np.zeros((2, 2)))
+
+
+def test_seed_generators_must_be_seed_generators():
+    class Seeded(keras_dreg.penalties.Penalty):
+        name = "seeded"
+
+        @property
+        def seed_generators(self):
+            return [1234]
+
+    with pytest.raises(TypeError, match="keras.random.SeedGenerator"):
+        keras_dreg.PenalizedModel(*_inputs_outputs(), penalties=[Seeded()])

@@ -347,17 +347,73 @@ def test_projections_change_from_step_to_step():
 class SubclassedPenalized(keras_dreg.PenalizedModel):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.dense = keras.layers.Dense(2)
+        self.hidden = keras.layers.Dense(8, activation="gelu")
+        self.head = keras.layers.Dense(4)
 
     def call(self, x):
-        return self.dense(x)
+        return self.head(self.hidden(x))
 
 
-def test_jacobian_in_a_subclassed_model_raises_a_clear_error():
-    model = SubclassedPenalized(penalties=[JacobianPenalty()])
-    model.compile(optimizer="sgd", loss=LOSS)
-    with pytest.raises(RuntimeError, match="wrap it"):
-        model.train_on_batch(np.ones((2, 3), "float32"), np.zeros(2))
+def _penalized(form, penalty):
+    """A `PenalizedModel` of the given form around the same GELU MLP."""
+    if form == "subclassed":
+        keras.utils.set_random_seed(5)
+        return SubclassedPenalized(penalties=[penalty])
+    model = _gelu_mlp()
+    if form == "wrapped":
+        return keras_dreg.PenalizedWrapper(model, penalties=[penalty])
+    inputs = keras.Input((5,))
+    return keras_dreg.PenalizedModel(inputs, model(inputs), penalties=[penalty])
+
+
+def _seed(penalty):
+    return tuple(_numpy(penalty.seed_generator.state.value))
+
+
+JIT = {"tensorflow": [False, True], "jax": [True], "torch": [False]}[
+    keras.backend.backend()
+]
+
+
+@pytest.mark.parametrize("jit_compile", JIT)
+@pytest.mark.parametrize("form", ["functional", "subclassed", "wrapped"])
+def test_jacobian_in_each_form_of_model(form, jit_compile):
+    """The model tracks the penalty's seed: new projections each step."""
+    penalty = JacobianPenalty(seed=2)
+    model = _penalized(form, penalty)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=LOSS, jit_compile=jit_compile
+    )
+    x = np.random.default_rng(9).normal(size=(8, 5)).astype("float32")
+    values, seeds = [], [_seed(penalty)]
+    for _ in range(3):
+        logs = model.train_on_batch(x, np.zeros(8), return_dict=True)
+        values.append(logs["jacobian_penalty"])
+        seeds.append(_seed(penalty))
+    assert all(v > 0 for v in values) and len(set(values)) == 3
+    assert len(set(seeds)) == 4
+    assert any(v is penalty.seed_generator.state for v in model.variables)
+
+
+@pytest.mark.parametrize("jit_compile", JIT)
+def test_jacobian_every_n_steps_advances_the_seed_on_its_steps(jit_compile):
+    """`[p, 0, p', 0]`: the seed advances on the penalized steps only."""
+    penalty = JacobianPenalty(seed=3, every_n_steps=2)
+    model = _penalized("wrapped", penalty)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=LOSS, jit_compile=jit_compile
+    )
+    x = np.random.default_rng(9).normal(size=(8, 5)).astype("float32")
+    values, seeds = [], [_seed(penalty)]
+    for _ in range(4):
+        logs = model.train_on_batch(x, np.zeros(8), return_dict=True)
+        values.append(logs["jacobian_penalty"])
+        seeds.append(_seed(penalty))
+    assert values[0] > 0 and values[2] > 0 and values[0] != values[2]
+    assert values[1] == 0 and values[3] == 0
+    initial, first, second = seeds[0], seeds[1], seeds[3]
+    assert len({initial, first, second}) == 3
+    assert seeds[2] == first and seeds[4] == second
 
 
 if __name__ == "__main__":

@@ -292,16 +292,43 @@ def test_every_n_steps_is_inherited():
     assert values[2] == pytest.approx(values[0]) and values[3] == 0
 
 
-def test_jacobian_every_n_steps():
-    if BACKEND == "jax":
-        with pytest.raises(NotImplementedError, match="every_n_steps=1"):
-            keras_dreg.regularize(_cnn(), "jacobian", every_n_steps=2)
-        return
+@pytest.mark.parametrize("jit_compile", JIT)
+@pytest.mark.parametrize("name", PENALTY_BASED)
+def test_a_scheduled_penalty_trains_as_every_step_on_its_steps(
+    name, jit_compile
+):
+    """The first step of `every_n_steps=2` is that of `every_n_steps=1`:
+    the gradient flows through the penalty in its `cond` branch."""
+    options = {"seed": 3} if name == "jacobian" else {}
+    weights = []
+    for every_n_steps in (1, 2):
+        base = _cnn()
+        model = keras_dreg.regularize(
+            base, name, lam=0.5, every_n_steps=every_n_steps, **options
+        )
+        _compile(model, lr=0.1, jit_compile=jit_compile)
+        model.train_on_batch(X, Y)
+        weights.append([v.numpy() for v in base.trainable_variables])
+    plain = _cnn()
+    _compile(keras_dreg.regularize(plain, "none"), lr=0.1).train_on_batch(X, Y)
+    for v, w, u in zip(*weights, plain.trainable_variables):
+        np.testing.assert_allclose(v, w, rtol=1e-5, atol=1e-6)
+    assert any(
+        not np.allclose(v, u.numpy())
+        for v, u in zip(weights[1], plain.trainable_variables)
+    )
+
+
+@pytest.mark.parametrize("jit_compile", JIT)
+def test_jacobian_every_n_steps(jit_compile):
     model = keras_dreg.regularize(_cnn(), "jacobian", every_n_steps=2)
-    logs = [
-        _compile(model).train_on_batch(X, Y, return_dict=True) for _ in range(2)
+    _compile(model, jit_compile=jit_compile)
+    values = [
+        model.train_on_batch(X, Y, return_dict=True)["jacobian_penalty"]
+        for _ in range(4)
     ]
-    assert logs[0]["jacobian_penalty"] > 0 and logs[1]["jacobian_penalty"] == 0
+    assert values[0] > 0 and values[1] == 0
+    assert values[2] > 0 and values[3] == 0
 
 
 @pytest.mark.parametrize("name", ["igpen", "jacobian"])

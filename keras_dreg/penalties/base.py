@@ -81,6 +81,19 @@ class Penalty:
             every_n_steps, "every_n_steps"
         )
 
+    @property
+    def seed_generators(self) -> list[keras.random.SeedGenerator]:
+        """The penalty's random state, for the model to track.
+
+        A penalty that draws random numbers in `__call__` lists its
+        `keras.random.SeedGenerator`s here. `PenalizedModel` adds them to
+        its own state when it is made (before any training step), so that
+        they advance inside a compiled JAX step and when `every_n_steps`
+        skips steps; create them in `__init__`. This is the only state a
+        penalty may change while the model trains.
+        """
+        return []
+
     def attach(self, model: keras.Model) -> None:
         """Called once the model's layers exist, before the first use."""
 

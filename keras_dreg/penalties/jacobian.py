@@ -21,14 +21,12 @@ RNNs are handled); the training step differentiates them again. `n`
 takes the `C` products with the unit vectors `e_1 .. e_C` instead, which
 is exact and costs `C` backward passes (for tests and small `C`).
 
-The projections are drawn from a `keras.random.SeedGenerator` that the
-penalty adds to the model's state, so they differ from step to step
-also inside a compiled JAX step. On JAX, `every_n_steps > 1` raises a
-`NotImplementedError`: the skipped steps are a `jax.lax.cond`, which
-cannot carry the seed's update out of its branch. The generator is added
-when the penalty is attached, so a subclassed `PenalizedModel` (which
-attaches its penalties in its first training step) raises a clear error:
-build the model functionally or wrap it.
+The projections are drawn from a `keras.random.SeedGenerator`, listed in
+the penalty's `seed_generators`: the model tracks it as part of its own
+state (functional, subclassed or wrapped), so the projections differ
+from step to step also inside a compiled JAX step, and with
+`every_n_steps > 1` the seed advances on the steps that apply the
+penalty only.
 
 Default strength: `lam = 1e-2`, the value Hoffman et al. (2019) use in
 their MNIST experiments; the DREG preprint fixes only DREG's strength.
@@ -88,35 +86,12 @@ class JacobianPenalty(base.Penalty):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    @property
+    def seed_generators(self) -> list[keras.random.SeedGenerator]:
+        return [self.seed_generator]
+
     def attach(self, model: keras.Model) -> None:
         input_gradient.check_double_backprop(model, type(self).__name__)
-        if (
-            self.every_n_steps > 1
-            and not self.exact
-            and keras.backend.backend() == "jax"
-        ):
-            raise NotImplementedError(
-                f"{type(self).__name__}(every_n_steps={self.every_n_steps}) "
-                "is not supported on JAX: the skipped steps are a "
-                "`jax.lax.cond`, which cannot carry the update of the "
-                "projections' random seed out of its branch. Use "
-                "every_n_steps=1, exact=True, or the TensorFlow or PyTorch "
-                "backend."
-            )
-        if getattr(model, "train_function", None) is not None:
-            raise RuntimeError(
-                f"{type(self).__name__} adds its random state to model "
-                f"'{model.name}', which must happen before the model's "
-                "train function is made; a subclassed PenalizedModel "
-                "attaches its penalties later, in its first training step. "
-                "Build the model with `PenalizedModel(inputs, outputs, "
-                "penalties=...)`, or wrap it: `PenalizedWrapper(model, "
-                "penalties=...)` or `keras_dreg.regularize(model, "
-                "'jacobian')`."
-            )
-        # An attribute of the model, so that the generator's state is part
-        # of the model's (JAX's stateless step threads it through).
-        setattr(model, f"_{self.name}_seed_generator", self.seed_generator)
 
     def __call__(self, model, batch):
         return self.lam * ops.mean(self.squared_norms(model, batch.x))
