@@ -297,6 +297,30 @@ class ActivationCapture:
                 if self._active_threads == 0:
                     self._remove_hooks()
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Records nothing in this thread for the duration of the block.
+
+        For forward passes inside a recorded step that are not the step's
+        own, such as the second run of the input-gradient penalty. The
+        records made before the block are kept; other threads record on.
+
+        Example:
+
+        >>> with capture.recording() as records:
+        ...     model(x, training=True)
+        ...     with capture.paused():
+        ...         model(x, training=True)  # not recorded
+        >>> len(records[0])
+        1
+        """
+        records = self.records
+        self._local.records = None
+        try:
+            yield
+        finally:
+            self._local.records = records
+
     def _install_hooks(self):
         self._removers = []
         for index, site in enumerate(self.sites):

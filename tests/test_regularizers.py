@@ -346,6 +346,36 @@ def test_fused_cudnn_rnn_raises_a_clear_error(name, monkeypatch):
     keras_dreg.regularize(rnn(False), name)
 
 
+def _attention_model(flash_attention=None):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 6))
+    x = keras.layers.MultiHeadAttention(2, 3, flash_attention=flash_attention)(
+        inputs, inputs
+    )
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(x))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("jit_compile", JIT)
+@pytest.mark.parametrize("name", ["igpen", "jacobian"])
+def test_multi_head_attention_is_differentiated_twice(name, jit_compile):
+    x = RNG.normal(size=(16, 4, 6)).astype("float32")
+    model = _compile(
+        keras_dreg.regularize(_attention_model(), name), jit_compile=jit_compile
+    )
+    before = [v.numpy() for v in model.trainable_variables]
+    history = model.fit(x, Y[:16], batch_size=8, verbose=0).history
+    assert np.isfinite(history["loss"][0]) and history[f"{name}_penalty"][0] > 0
+    for v, w in zip(model.trainable_variables, before):
+        assert not np.array_equal(v.numpy(), w), v.path
+
+
+@pytest.mark.parametrize("name", ["igpen", "jacobian"])
+def test_flash_attention_raises_a_clear_error(name):
+    with pytest.raises(ValueError, match="flash attention has no second"):
+        keras_dreg.regularize(_attention_model(flash_attention=True), name)
+
+
 def test_a_seventh_penalty_written_by_a_user():
     @keras.saving.register_keras_serializable(package="test_regularizers")
     class L1(keras_dreg.penalties.Penalty):

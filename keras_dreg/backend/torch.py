@@ -3,9 +3,17 @@
 Inputs are detached leaves that require grad; a tapped tensor `t`
 becomes `t + delta` with `delta` a zero leaf, so frozen layers can be
 tapped too.
+
+`fn` runs with torch's math kernel of scaled dot-product attention
+(`SDPBackend.MATH`, plain differentiable ops): the fused kernels that
+torch picks otherwise (flash and memory-efficient attention, on CPU and
+GPU) have no second derivative, so `MultiHeadAttention` could not be
+differentiated twice.
 """
 
 import torch
+from torch.nn.attention import SDPBackend
+from torch.nn.attention import sdpa_kernel
 
 
 def vjp(fn, xs):
@@ -17,7 +25,8 @@ def vjp(fn, xs):
         deltas.append(delta)
         return t + delta
 
-    outputs = fn(xs, tap)
+    with sdpa_kernel(SDPBackend.MATH):
+        outputs = fn(xs, tap)
     sources = [*xs, *deltas]
 
     def gradients(cotangents):

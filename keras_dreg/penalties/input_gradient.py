@@ -33,10 +33,15 @@ over all of them (and over any floating inputs):
 
 A model with integer inputs and no `Embedding` raises a `ValueError`.
 
-Limitation: fused cuDNN RNN kernels cannot be differentiated twice on
-any backend; a model with `LSTM`/`GRU` layers that may use them (on a
-GPU, `use_cudnn` `"auto"` or `True`) raises a `ValueError` that says to
-pass `use_cudnn=False`.
+Limitations: fused kernels have no second derivative on any backend.
+A model with `LSTM`/`GRU` layers that may use cuDNN (on a GPU,
+`use_cudnn` `"auto"` or `True`) raises a `ValueError` that says to pass
+`use_cudnn=False`; one with attention layers that must use flash
+attention (`flash_attention=True`, or
+`keras.config.enable_flash_attention()` when they were built) raises
+one that says to turn it off. Other attention is differentiated twice
+(on PyTorch, the second run selects the math kernel of scaled
+dot-product attention: `keras_dreg.backend.torch`).
 
 Default strength: `lam = 1e-2`, this project's choice (the DREG preprint
 fixes only DREG's strength, `10**-2.5`); it is the strength Hoffman et
@@ -192,8 +197,24 @@ def check_double_backprop(model: keras.Model, penalty: str) -> None:
     """Raises if `model` has layers that cannot be differentiated twice.
 
     Fused cuDNN RNN kernels (`LSTM`/`GRU` with `use_cudnn` `"auto"` or
-    `True`, on a GPU) have no second derivative on any backend.
+    `True`, on a GPU) and flash attention (attention layers built with
+    it on) have no second derivative on any backend.
     """
+    # The layer's resolved choice: its argument, or the global setting
+    # when it was built; `get_config` does not hold it.
+    flash = [
+        layer.name
+        for layer in model._flatten_layers()
+        if getattr(layer, "_flash_attention", None) is True
+    ]
+    if flash:
+        raise ValueError(
+            f"{penalty} differentiates the model twice (double "
+            "backpropagation), and flash attention has no second "
+            f"derivative on any backend. Layers {flash} use it: build them "
+            "without `flash_attention=True`, after "
+            "`keras.config.disable_flash_attention()`."
+        )
     fused = [
         layer.name
         for layer in model._flatten_layers()
@@ -263,19 +284,12 @@ def _embedding_layers(model):
 @contextlib.contextmanager
 def _paused_recordings(model):
     """Keeps DREG's activation capture from recording the second run."""
-    captures = [
-        penalty.capture
-        for penalty in getattr(model, "penalties", ())
-        if isinstance(
-            getattr(penalty, "capture", None), capture.ActivationCapture
-        )
-    ]
-    saved = [c._local.__dict__.pop("records", None) for c in captures]
-    try:
+    with contextlib.ExitStack() as stack:
+        for penalty in getattr(model, "penalties", ()):
+            recorder = getattr(penalty, "capture", None)
+            if isinstance(recorder, capture.ActivationCapture):
+                stack.enter_context(recorder.paused())
         yield
-    finally:
-        for c, records in zip(captures, saved):
-            c._local.records = records
 
 
 class _EmbeddingTaps:
