@@ -143,6 +143,10 @@ def spectral_normalized(
         if isinstance(layer, keras.Model):
             raise _subclassed_error(layer)
         copy = layer.__class__.from_config(layer.get_config())
+        if not isinstance(layer, keras.layers.Layer):
+            # An operation of the graph (the `NotEqual` of an Embedding's
+            # mask, say): stateless, nothing to copy.
+            return copy
         copies.append((layer, copy))
         if isinstance(layer, SPECTRAL_LAYERS):
             return SpectralNormalization(

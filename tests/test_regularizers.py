@@ -376,6 +376,28 @@ def test_flash_attention_raises_a_clear_error(name):
         keras_dreg.regularize(_attention_model(flash_attention=True), name)
 
 
+def test_spectral_norm_keeps_the_masks_of_a_text_model():
+    """Cloning copies the graph's mask operations too (`NotEqual`)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, mask_zero=True)(inputs)
+    x = keras.layers.Dense(8, activation="gelu")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    base = keras.Model(inputs, keras.layers.Dense(3)(x))
+    model = _compile(keras_dreg.regularize(base, "spectral_norm"))
+    tokens = RNG.integers(1, 20, size=(32, 6))
+    tokens[:, 4:] = 0
+    history = model.fit(tokens, Y, batch_size=8, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    # Padding is masked out of the average: trailing zeros change nothing.
+    np.testing.assert_allclose(
+        model.predict(tokens, verbose=0),
+        model.predict(tokens[:, :4], verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_a_seventh_penalty_written_by_a_user():
     @keras.saving.register_keras_serializable(package="test_regularizers")
     class L1(keras_dreg.penalties.Penalty):
