@@ -108,6 +108,10 @@ class ActivationInfo(NamedTuple):
         kind: `"elementwise"`, `"linear"` or `"non_elementwise"`.
         derivative: `phi'`, mapping `z` to a tensor of the same shape and
             dtype; `None` unless `kind` is `"elementwise"`.
+        second_derivative: `phi''` in closed form, for the smooth
+            activations that have one, else `None`. The penalty uses it
+            for the gradient of `phi'(z)^2`; without it, autodiff
+            differentiates through `phi'`.
 
     Example:
 
@@ -121,6 +125,7 @@ class ActivationInfo(NamedTuple):
     name: str
     kind: str
     derivative: Derivative | None
+    second_derivative: Derivative | None = None
 
 
 class _Known(NamedTuple):
@@ -128,6 +133,7 @@ class _Known(NamedTuple):
     kind: str
     derivative: Callable | None = None
     defaults: dict = {}
+    second_derivative: Callable | None = None
 
 
 def _indicator(condition, x):
@@ -257,6 +263,50 @@ def _threshold(x, threshold, default_value):
     return _indicator(x > threshold, x)
 
 
+def _elu_second(x, alpha=1.0):
+    return ops.where(
+        x > 0, ops.zeros_like(x), alpha * ops.exp(ops.minimum(x, 0))
+    )
+
+
+def _celu_second(x, alpha=1.0):
+    return ops.where(
+        x > 0, ops.zeros_like(x), ops.exp(ops.minimum(x, 0) / alpha) / alpha
+    )
+
+
+def _selu_second(x):
+    return _SELU_SCALE * _elu_second(x, _SELU_ALPHA)
+
+
+def _gelu_second(x, approximate=False):
+    if approximate:
+        u = ops.tanh(_GELU_C * (x + _GELU_K * x**3))
+        slope = _GELU_C * (1.0 + 3.0 * _GELU_K * x**2)
+        curvature = slope - x * u * slope**2 + 3.0 * _GELU_C * _GELU_K * x**2
+        return (1.0 - u) * (1.0 + u) * curvature
+    return _INV_SQRT_2PI * ops.exp(-0.5 * x**2) * (2.0 - x**2)
+
+
+def _tanh_second(x):
+    t = ops.tanh(x)
+    return -2.0 * t * (1.0 - t) * (1.0 + t)
+
+
+def _sigmoid_second(x):
+    s = ops.sigmoid(x)
+    return s * (1.0 - s) * (1.0 - 2.0 * s)
+
+
+def _silu_second(x):
+    s = ops.sigmoid(x)
+    return s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
+
+
+def _softplus_second(x):
+    return _sigmoid(x)
+
+
 def _prelu(x, layer):
     alpha = ops.cast(layer.alpha, x.dtype)
     return ops.where(x > 0, ops.ones_like(x), alpha)
@@ -294,6 +344,22 @@ _ELEMENTWISE_DERIVATIVES = {
     "sparse_plus": _sparse_plus,
     "threshold": _threshold,
 }
+# `phi''` of the smooth ones, with the same arguments as `phi'`. Autodiff
+# through `phi'` replays its ten-odd operations in the backward pass; this
+# closed form is a few fused-size passes (see `penalty.layer_penalty`).
+_SECOND_DERIVATIVES = {
+    "elu": _elu_second,
+    "celu": _celu_second,
+    "selu": _selu_second,
+    "gelu": _gelu_second,
+    "tanh": _tanh_second,
+    "sigmoid": _sigmoid_second,
+    "silu": _silu_second,
+    "swish": _silu_second,
+    "softplus": _softplus_second,
+    "exponential": _exponential,
+    "exp": _exponential,
+}
 _NON_ELEMENTWISE_NAMES = ("softmax", "log_softmax", "glu", "sparsemax")
 
 
@@ -316,7 +382,10 @@ def _builtin_table():
             fn = getattr(module, name, None)
             if fn is not None:
                 defaults = _changed_defaults(fn, derivative)
-                table[id(fn)] = _Known(fn, _ELEMENTWISE, derivative, defaults)
+                second = _SECOND_DERIVATIVES.get(name)
+                table[id(fn)] = _Known(
+                    fn, _ELEMENTWISE, derivative, defaults, second
+                )
         for name in _NON_ELEMENTWISE_NAMES:
             fn = getattr(module, name, None)
             if fn is not None:
@@ -331,7 +400,11 @@ _REGISTRY = {}
 _WARNED = {}
 
 
-def register_derivative(fn: Callable, derivative: Callable) -> None:
+def register_derivative(
+    fn: Callable,
+    derivative: Callable,
+    second_derivative: Callable | None = None,
+) -> None:
     """Registers the closed-form derivative of a custom activation.
 
     `describe_activation` looks here first, so a registration also
@@ -355,18 +428,29 @@ def register_derivative(fn: Callable, derivative: Callable) -> None:
         fn: The activation, an elementwise callable.
         derivative: Its derivative `phi'`, a callable mapping `z` to a
             tensor of the same shape, written with `keras.ops`.
+        second_derivative: Optionally `phi''`, likewise. Given, training
+            uses it for the gradient of `phi'(z)^2` instead of
+            differentiating through `derivative`: fewer passes over `z`
+            when the backend does not fuse operations (PyTorch, and
+            TensorFlow without XLA).
 
     Raises:
-        TypeError: If `fn` or `derivative` is not callable.
+        TypeError: If `fn`, `derivative` or a given `second_derivative`
+            is not callable.
     """
-    for arg_name, value in (("fn", fn), ("derivative", derivative)):
+    arguments = {"fn": fn, "derivative": derivative}
+    if second_derivative is not None:
+        arguments["second_derivative"] = second_derivative
+    for arg_name, value in arguments.items():
         if not callable(value):
             raise TypeError(
                 f"register_derivative expects `{arg_name}` to be callable. "
                 f"Received: {arg_name}={value!r} of type "
                 f"{type(value).__name__}"
             )
-    _REGISTRY[id(fn)] = _Known(fn, _ELEMENTWISE, derivative)
+    _REGISTRY[id(fn)] = _Known(
+        fn, _ELEMENTWISE, derivative, second_derivative=second_derivative
+    )
 
 
 def describe_activation(activation) -> ActivationInfo:
@@ -447,17 +531,22 @@ def _match(fn):
 
 def _describe_known(known, options):
     options = {**known.defaults, **options}
-    derivative = known.derivative
-    if derivative is not None and options:
-        derivative = functools.partial(derivative, **options)
+    derivative = _bind(known.derivative, options)
+    second_derivative = _bind(known.second_derivative, options)
     name = _format_name(_callable_name(known.fn), options)
-    return ActivationInfo(name, known.kind, derivative)
+    return ActivationInfo(name, known.kind, derivative, second_derivative)
+
+
+def _bind(fn, options):
+    if fn is None or not options:
+        return fn
+    return functools.partial(fn, **options)
 
 
 _PARAMETRIC_LAYERS = {
-    layers.ReLU: (_relu, ("max_value", "negative_slope", "threshold")),
-    layers.LeakyReLU: (_leaky_relu, ("negative_slope",)),
-    layers.ELU: (_elu, ("alpha",)),
+    layers.ReLU: (_relu, None, ("max_value", "negative_slope", "threshold")),
+    layers.LeakyReLU: (_leaky_relu, None, ("negative_slope",)),
+    layers.ELU: (_elu, _elu_second, ("alpha",)),
 }
 
 
@@ -473,7 +562,7 @@ def _describe_layer(layer):
         return ActivationInfo("PReLU", _ELEMENTWISE, derivative)
     if layer_type not in _PARAMETRIC_LAYERS:
         return None
-    derivative, names = _PARAMETRIC_LAYERS[layer_type]
+    derivative, second_derivative, names = _PARAMETRIC_LAYERS[layer_type]
     options = {name: getattr(layer, name) for name in names}
     defaults = inspect.signature(layer_type).parameters
     shown = {k: v for k, v in options.items() if v != defaults[k].default}
@@ -481,6 +570,7 @@ def _describe_layer(layer):
         _format_name(layer_type.__name__, shown),
         _ELEMENTWISE,
         functools.partial(derivative, **options),
+        _bind(second_derivative, options),
     )
 
 

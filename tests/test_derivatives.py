@@ -11,6 +11,7 @@ from keras import layers
 from keras import ops
 from keras.src.activations import ALL_OBJECTS
 
+from keras_dreg import penalty
 from keras_dreg.derivatives import describe_activation
 from keras_dreg.derivatives import register_derivative
 
@@ -237,6 +238,59 @@ def test_gradient_flows_through_closed_form(activation):
     )
 
 
+SMOOTH_CASES = [
+    case
+    for case in ELEMENTWISE_CASES
+    if describe_quietly(case).second_derivative is not None
+]
+
+
+def test_the_smooth_activations_have_a_second_derivative():
+    smooth = {describe_quietly(case).name for case in SMOOTH_CASES}
+    expected = {"gelu", "gelu(approximate=True)", "tanh", "sigmoid", "silu"}
+    assert expected <= smooth
+    assert describe_quietly("relu").second_derivative is None
+
+
+@pytest.mark.parametrize("activation", SMOOTH_CASES, ids=case_id)
+def test_second_derivative_matches_autodiff(activation):
+    fn = as_callable(activation)
+    second_derivative = describe_quietly(activation).second_derivative
+    z = ops.convert_to_tensor(sample_points(), dtype="float64")
+    assert_close(
+        second_derivative(z),
+        grad_of_sum(lambda t: grad_of_sum(fn, t), z),
+        atol=atol_for(activation, 1e-7),
+    )
+    extremes = ops.convert_to_tensor([-100.0, -30.0, 30.0], dtype="float32")
+    assert np.all(np.isfinite(to_numpy(second_derivative(extremes))))
+
+
+@pytest.mark.parametrize("activation", SMOOTH_CASES, ids=case_id)
+def test_penalty_gradient_in_closed_form_matches_autodiff(activation):
+    # `layer_penalty` with `phi''` (a custom gradient) against autodiff
+    # through `phi'`: same value, same gradient with respect to `z`.
+    info = describe_quietly(activation)
+    layer = layers.Conv1D(4, 2)
+    layer.build((None, 5, 3))
+    z = ops.convert_to_tensor(sample_points((2, 4, 4)), dtype="float32")
+
+    def penalty_with(second_derivative):
+        return lambda t: penalty.layer_penalty(
+            layer, t, info.derivative, second_derivative=second_derivative
+        )
+
+    closed_form = penalty_with(info.second_derivative)
+    reference = penalty_with(None)
+    assert_close(closed_form(z), reference(z), atol=1e-7)
+    np.testing.assert_allclose(
+        to_numpy(grad_of_sum(closed_form, z)),
+        to_numpy(grad_of_sum(reference, z)),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
 @pytest.mark.parametrize("activation", ELEMENTWISE_CASES, ids=case_id)
 def test_closed_form_keeps_shape_and_dtype(activation):
     z = ops.convert_to_tensor(sample_points((4, 3)), dtype="float32")
@@ -352,7 +406,7 @@ def test_softmax_like_is_non_elementwise(activation):
     "activation", [None, "linear", activations.linear, layers.Activation(None)]
 )
 def test_identity_is_linear(activation):
-    assert describe_quietly(activation) == ("linear", "linear", None)
+    assert describe_quietly(activation) == ("linear", "linear", None, None)
 
 
 @pytest.mark.parametrize(
@@ -425,9 +479,20 @@ def test_registered_derivative_is_used():
         "scaled_softplus",
         "elementwise",
         scaled_softplus_derivative,
+        None,
     )
     wrapped = describe_quietly(layers.Activation(scaled_softplus))
     assert wrapped.derivative is scaled_softplus_derivative
+
+
+def test_registered_second_derivative_is_used():
+    def second(x, scale=2.0):
+        return scale * ops.sigmoid(x) * (1.0 - ops.sigmoid(x))
+
+    register_derivative(scaled_softplus, scaled_softplus_derivative, second)
+    assert describe_quietly(scaled_softplus).second_derivative is second
+    with pytest.raises(TypeError, match="`second_derivative` to be callable"):
+        register_derivative(scaled_softplus, scaled_softplus_derivative, 2.0)
 
 
 def test_registered_derivative_gets_partial_arguments():

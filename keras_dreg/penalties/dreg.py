@@ -127,6 +127,7 @@ class DREG(base.Penalty):
             site.activation.derivative,
             unit_scale=unit_scale,
             stop_gradient_derivative=self.stop_gradient_derivative,
+            second_derivative=site.activation.second_derivative,
         )
 
     def _check_sites(self, model, sites):
