@@ -18,7 +18,8 @@ TOLERANCE = 1e-5
 PENALIZED = ("dreg", "weight_decay", "igpen", "jacobian")
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """The options the recipes share; a recipe may add its own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--regularizers",
@@ -27,7 +28,12 @@ def parse_args(description: str) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--check", action="store_true")
-    return parser.parse_args()
+    return parser
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The shared options, parsed from the command line."""
+    return make_parser(description).parse_args()
 
 
 def build(regularizer: str) -> keras.Model:
