@@ -5,7 +5,9 @@ derivative of the layer's activation at the unit's pre-activation `z`. This
 module gives `phi'` in closed form, written with `keras.ops` only, so the
 penalty needs no second backward pass and runs unchanged on every backend.
 The closed forms are smooth `keras.ops` expressions: gradients flow through
-`phi'(z)` into `z` during training.
+`phi'(z)` into `z` during training. The smooth activations (GELU, tanh,
+sigmoid, SiLU, softplus, the ELU family, exponential) also carry `phi''`
+in closed form, which the penalty uses as the gradient of `phi'(z)^2`.
 
 `describe_activation` classifies an activation (a function, its name, a
 `functools.partial` of a known function, or an activation layer) as
