@@ -48,13 +48,9 @@ def positive_int(text: str) -> int:
 def load_digits():
     """Standardized 8x8 digits as 64-feature vectors: train and test."""
     data = load_dataset("digits", seed=0)
-    flat = (len(data.x_train), -1), (len(data.x_test), -1)
-    return (
-        data.x_train.reshape(flat[0]),
-        data.y_train,
-        data.x_test.reshape(flat[1]),
-        data.y_test,
-    )
+    x_train = data.x_train.reshape(len(data.x_train), -1)
+    x_test = data.x_test.reshape(len(data.x_test), -1)
+    return x_train, data.y_train, x_test, data.y_test
 
 
 def build_model(lam: float) -> keras_dreg.DREGRegularizedModel:
