@@ -24,8 +24,10 @@ does), and a stuck collective or worker fails after `--timeout` seconds
 with the stacks of its threads instead of hanging.
 """
 
+import contextlib
 import datetime
 import faulthandler
+import gc
 import os
 import tempfile
 
@@ -97,6 +99,35 @@ def worker(rank, regularizers, steps, timeout, store, out):
     faulthandler.dump_traceback_later(timeout, exit=True)
     # As torchrun does: the processes share the machine's cores.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORLD_SIZE))
+    with process_group(rank, store, timeout):
+        for regularizer in regularizers:
+            faulthandler.dump_traceback_later(timeout, exit=True)
+            run = train_data_parallel(regularizer, steps, rank)
+            if rank == 0:
+                _save(os.path.join(out, f"{regularizer}.npz"), run)
+
+
+def train_data_parallel(regularizer, steps, rank) -> dict:
+    """`train` under DDP; the wrapper is freed when this returns."""
+    model = common.compile_model(common.build(regularizer))
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    x, y = common.data(steps)
+    return train(model, ddp, x, y, steps, rank, WORLD_SIZE)
+
+
+@contextlib.contextmanager
+def process_group(rank, store, timeout):
+    """The gloo process group, destroyed after the DDP wrappers.
+
+    A DDP wrapper holds a reference to the group. If the group is
+    destroyed first, the wrapper holds the last one, and freeing the
+    wrapper then destroys the group while holding the GIL: the group's
+    destructor joins its worker threads, and a worker thread that is
+    still releasing its last collective needs the GIL to do so. The
+    process deadlocks (intermittently: the worker thread must be late,
+    as on a loaded machine). Hence: collect the wrappers first, which
+    may sit in reference cycles, and only then destroy the group.
+    """
     dist.init_process_group(
         "gloo",
         init_method=f"file://{store}",
@@ -105,15 +136,9 @@ def worker(rank, regularizers, steps, timeout, store, out):
         timeout=datetime.timedelta(seconds=timeout),
     )
     try:
-        for regularizer in regularizers:
-            faulthandler.dump_traceback_later(timeout, exit=True)
-            model = common.compile_model(common.build(regularizer))
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            x, y = common.data(steps)
-            run = train(model, ddp, x, y, steps, rank, WORLD_SIZE)
-            if rank == 0:
-                _save(os.path.join(out, f"{regularizer}.npz"), run)
+        yield
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 
