@@ -376,3 +376,20 @@ def test_run_key_is_content_hash():
         '"regularizer": "none", "seed": 0, "train_fraction": 0.5}'
     )
     assert run.key == hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def test_inline_executor_keeps_this_process_thread_count():
+    # Worker processes run single-threaded (torch); running inline must not
+    # change the caller's setting, e.g. a notebook's.
+    if keras.backend.backend() != "torch":
+        pytest.skip("only the torch backend limits a worker's threads")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        outcomes = list(runner.InlineExecutor().map_unordered(str, [1, 2]))
+        assert outcomes == [(1, "1"), (2, "2")]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

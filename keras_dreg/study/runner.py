@@ -300,10 +300,15 @@ def execute(fn: TrainFn, config: RunConfig, imports: Iterable[str]):
 
 @functools.lru_cache(maxsize=None)
 def _prepare_worker(imports: tuple[str, ...]) -> None:
+    """One compute thread per worker process (the pool fills the cores)."""
     if keras.backend.backend() == "torch":
         import torch
 
         torch.set_num_threads(1)
+    _import_all(imports)
+
+
+def _import_all(imports: Iterable[str]) -> None:
     for module in imports:
         importlib.import_module(module)
 
@@ -326,7 +331,8 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 class InlineExecutor:
     """Runs each run in this process, one after the other.
 
-    This process must already use the study's backend.
+    This process must already use the study's backend; its thread
+    settings are left as they are.
     """
 
     def __init__(self, imports: Iterable[str] = ()):
@@ -336,9 +342,10 @@ class InlineExecutor:
         self, fn: TrainFn, configs: Iterable[RunConfig]
     ) -> Iterator[Outcome]:
         """Yields `(config, result or exception)` as runs finish."""
+        _import_all(self.imports)
         for config in configs:
             try:
-                yield config, execute(fn, config, self.imports)
+                yield config, fn(config)
             except Exception as error:
                 yield config, error
 
