@@ -151,3 +151,23 @@ def test_seed_generators_must_be_seed_generators():
 
     with pytest.raises(TypeError, match="keras.random.SeedGenerator"):
         keras_dreg.PenalizedModel(*_inputs_outputs(), penalties=[Seeded()])
+
+
+@pytest.mark.parametrize("name", ["igpen", "jacobian"])
+def test_double_backprop_under_jit_compile(name):
+    # XLA (TF, JAX) differentiates the input gradient again; a step that
+    # torch.compile compiled cannot, and the error says what to do.
+    inputs, outputs = _inputs_outputs()
+    model = keras_dreg.regularize(keras.Model(inputs, outputs), name)
+    model.compile(
+        "sgd",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    x = np.zeros((4,) + tuple(inputs.shape[1:]), "float32")
+    y = np.zeros((4,), "int32")
+    if keras.backend.backend() != "torch":
+        assert np.all(np.isfinite(model.train_on_batch(x, y)))
+        return
+    with pytest.raises(ValueError, match="jit_compile=False"):
+        model.train_on_batch(x, y)

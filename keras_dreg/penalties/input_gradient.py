@@ -151,6 +151,7 @@ def input_vjp(model: keras.Model, x, head: Callable):
     >>> outputs, pullback = input_vjp(model, x, lambda y: [ops.sum(y)])
     >>> (grad_x,) = pullback([ops.ones(())])
     """
+    _check_not_torch_compiled(model)
     if not model.built:
         model(x)  # In inference: builds a wrapper, changes no state.
     leaves = [ops.convert_to_tensor(leaf) for leaf in tree.flatten(x)]
@@ -227,6 +228,24 @@ def check_double_backprop(model: keras.Model, penalty: str) -> None:
             "backpropagation), and fused cuDNN RNN kernels have no second "
             f"derivative on any backend. Layers {fused} may use cuDNN on "
             "this GPU: build them with `use_cudnn=False`."
+        )
+
+
+def _check_not_torch_compiled(model: keras.Model) -> None:
+    """Raises if `model` trains with a `torch.compile`d step on torch.
+
+    The backward pass of a step compiled by `torch.compile` (AOT autograd)
+    cannot be differentiated again.
+    """
+    compiled = getattr(model, "jit_compile", False) is True
+    if keras.backend.backend() == "torch" and compiled:
+        raise ValueError(
+            f"Model '{model.name}' is compiled with `jit_compile=True`, "
+            "which on the torch backend trains with `torch.compile`; its "
+            "backward pass cannot be differentiated twice, and the "
+            "input-gradient and Jacobian penalties need that (double "
+            "backpropagation). Compile the model with `jit_compile=False` "
+            "(the torch default)."
         )
 
 
