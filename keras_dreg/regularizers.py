@@ -186,6 +186,11 @@ class SpectralNormalization(keras.layers.SpectralNormalization):
     >>> layer = SpectralNormalization(keras.layers.Dense(10))
     """
 
+    def __init__(self, layer, **kwargs):
+        super().__init__(layer, **kwargs)
+        # Pass a mask on where the wrapped layer does (`Dense` on tokens).
+        self.supports_masking = layer.supports_masking
+
     def call(self, inputs, training=False):
         vector_u, kernel = ops.cond(
             ops.all(ops.equal(self.kernel.value, 0)),

@@ -7,6 +7,8 @@ with `BatchNormalization` and dropout (in mixed precision:
 `test_mixed_precision.py`), and say clearly what they cannot do.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -361,8 +363,12 @@ def test_spectral_norm_keeps_the_masks_of_a_text_model():
     model = _compile(keras_dreg.regularize(base, "spectral_norm"))
     tokens = RNG.integers(1, 20, size=(32, 6))
     tokens[:, 4:] = 0
-    history = model.fit(tokens, Y, batch_size=8, verbose=0).history
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(tokens, Y, batch_size=8, verbose=0).history
     assert np.isfinite(history["loss"][0])
+    # The normalized Dense passes the mask on, as the plain Dense does.
+    assert not [w for w in caught if "does not support masking" in str(w)]
     # Padding is masked out of the average: trailing zeros change nothing.
     np.testing.assert_allclose(
         model.predict(tokens, verbose=0),
