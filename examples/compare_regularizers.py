@@ -29,6 +29,7 @@ Run it on any backend:
 import argparse
 import time
 
+import example_cli
 import keras
 import numpy as np
 
@@ -62,7 +63,7 @@ class StepTimer(keras.callbacks.Callback):
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = example_cli.make_parser(__doc__, epochs=10)
     parser.add_argument("--dataset", choices=OFFLINE_DATASETS, default="digits")
     parser.add_argument("--activation", choices=ACTIVATIONS, default="gelu")
     parser.add_argument(
@@ -71,22 +72,8 @@ def parse_args() -> argparse.Namespace:
         default=keras_dreg.REGULARIZERS,
         help="comma-separated subset of: " + ", ".join(keras_dreg.REGULARIZERS),
     )
-    parser.add_argument("--epochs", type=positive_int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quick", action="store_true", help="2 epochs: CI sizes."
-    )
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 2
-    return args
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return example_cli.parse_args(parser)
 
 
 def regularizer_list(text: str) -> tuple[str, ...]:

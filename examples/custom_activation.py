@@ -29,6 +29,7 @@ Run it on any backend:
 import argparse
 import warnings
 
+import example_cli
 import keras
 import numpy as np
 from keras import ops
@@ -57,22 +58,7 @@ def snake_second_derivative(x, frequency: float = 1.0):
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=positive_int, default=20)
-    parser.add_argument(
-        "--quick", action="store_true", help="2 epochs: CI sizes."
-    )
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 2
-    return args
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return example_cli.parse_args(example_cli.make_parser(__doc__, epochs=20))
 
 
 def to_numpy(value) -> np.ndarray:

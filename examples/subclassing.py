@@ -22,6 +22,7 @@ Run it on any backend:
 
 import argparse
 
+import example_cli
 import keras
 
 import keras_dreg
@@ -56,23 +57,9 @@ class DigitsNet(keras_dreg.DREGRegularizedModel):
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser = example_cli.make_parser(__doc__, epochs=20)
     parser.add_argument("--lam", type=float, default=keras_dreg.DEFAULT_LAM)
-    parser.add_argument(
-        "--quick", action="store_true", help="2 epochs: CI sizes."
-    )
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 2
-    return args
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return example_cli.parse_args(parser)
 
 
 def to_float(value) -> float:

@@ -28,6 +28,7 @@ Run it on any backend:
 
 import argparse
 
+import example_cli
 import keras
 import numpy as np
 from keras import layers
@@ -45,30 +46,19 @@ QUICK_TRAIN_SIZE = 1000
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = example_cli.make_parser(
+        __doc__,
+        epochs=15,
+        quick_help=f"2 epochs on {QUICK_TRAIN_SIZE} training sequences: CI "
+        "sizes.",
+    )
     parser.add_argument(
         "--dataset",
         choices=("text_rule", "text_rule_messy"),
         default="text_rule",
     )
-    parser.add_argument("--epochs", type=positive_int, default=15)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help=f"2 epochs on {QUICK_TRAIN_SIZE} training sequences: CI sizes.",
-    )
-    args = parser.parse_args()
-    if args.quick:
-        args.epochs = 2
-    return args
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return example_cli.parse_args(parser)
 
 
 def transformer_block(x, block: int):
