@@ -9,20 +9,13 @@ real runs. No model is trained, so these tests are backend-independent.
 import numpy as np
 import pytest
 
+from keras_dreg import REGULARIZERS
 from keras_dreg import cli
 from keras_dreg.study import report
 from keras_dreg.study.config import RunConfig
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
 
-REGULARIZERS = (
-    "none",
-    "weight_decay",
-    "igpen",
-    "jacobian",
-    "spectral_norm",
-    "dreg",
-)
 DATASETS = {"a": False, "a_messy": True, "b": False, "b_messy": True}
 # Accuracy effects (fraction 1.0) and noisy-accuracy effects shaped like
 # the preprint's findings: DREG first, spectral norm first under noise.
