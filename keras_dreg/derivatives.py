@@ -180,10 +180,15 @@ def _selu(x):
     return _SELU_SCALE * _elu(x, _SELU_ALPHA)
 
 
+def _gelu_tanh_terms(x):
+    """`u = tanh(v)` and `v'` for `v = c (x + k x^3)`, the tanh GELU's."""
+    u = ops.tanh(_GELU_C * (x + _GELU_K * x**3))
+    return u, _GELU_C * (1.0 + 3.0 * _GELU_K * x**2)
+
+
 def _gelu(x, approximate=False):
     if approximate:
-        u = ops.tanh(_GELU_C * (x + _GELU_K * x**3))
-        slope = _GELU_C * (1.0 + 3.0 * _GELU_K * x**2)
+        u, slope = _gelu_tanh_terms(x)
         return 0.5 * (1.0 + u) * (1.0 + x * (1.0 - u) * slope)
     cdf = 0.5 * (1.0 + ops.erf(x * _INV_SQRT_2))
     return cdf + x * _INV_SQRT_2PI * ops.exp(-0.5 * x**2)
@@ -283,8 +288,7 @@ def _selu_second(x):
 
 def _gelu_second(x, approximate=False):
     if approximate:
-        u = ops.tanh(_GELU_C * (x + _GELU_K * x**3))
-        slope = _GELU_C * (1.0 + 3.0 * _GELU_K * x**2)
+        u, slope = _gelu_tanh_terms(x)
         curvature = slope - x * u * slope**2 + 3.0 * _GELU_C * _GELU_K * x**2
         return (1.0 - u) * (1.0 + u) * curvature
     return _INV_SQRT_2PI * ops.exp(-0.5 * x**2) * (2.0 - x**2)
