@@ -114,6 +114,11 @@ class ActivationInfo(NamedTuple):
             activations that have one, else `None`. The penalty uses it
             for the gradient of `phi'(z)^2`; without it, autodiff
             differentiates through `phi'`.
+        value_and_derivatives: `z -> (phi(z), phi'(z), phi''(z))`, the
+            three evaluated together (the GELU's `erf` and `exp` serve
+            all three), wherever `second_derivative` is known, else
+            `None`. The training step evaluates the activation with it
+            (see `keras_dreg.capture`).
 
     Example:
 
@@ -128,6 +133,7 @@ class ActivationInfo(NamedTuple):
     kind: str
     derivative: Derivative | None
     second_derivative: Derivative | None = None
+    value_and_derivatives: Callable | None = None
 
 
 class _Known(NamedTuple):
@@ -136,6 +142,7 @@ class _Known(NamedTuple):
     derivative: Callable | None = None
     defaults: dict = {}
     second_derivative: Callable | None = None
+    value_and_derivatives: Callable | None = None
 
 
 def _indicator(condition, x):
@@ -186,12 +193,19 @@ def _gelu_tanh_terms(x):
     return u, _GELU_C * (1.0 + 3.0 * _GELU_K * x**2)
 
 
+def _normal_cdf(x):
+    return 0.5 * (1.0 + ops.erf(x * _INV_SQRT_2))
+
+
+def _normal_density(x):
+    return _INV_SQRT_2PI * ops.exp(-0.5 * x**2)
+
+
 def _gelu(x, approximate=False):
     if approximate:
         u, slope = _gelu_tanh_terms(x)
         return 0.5 * (1.0 + u) * (1.0 + x * (1.0 - u) * slope)
-    cdf = 0.5 * (1.0 + ops.erf(x * _INV_SQRT_2))
-    return cdf + x * _INV_SQRT_2PI * ops.exp(-0.5 * x**2)
+    return _normal_cdf(x) + x * _normal_density(x)
 
 
 def _tanh(x):
@@ -289,9 +303,40 @@ def _selu_second(x):
 def _gelu_second(x, approximate=False):
     if approximate:
         u, slope = _gelu_tanh_terms(x)
-        curvature = slope - x * u * slope**2 + 3.0 * _GELU_C * _GELU_K * x**2
-        return (1.0 - u) * (1.0 + u) * curvature
-    return _INV_SQRT_2PI * ops.exp(-0.5 * x**2) * (2.0 - x**2)
+        return _gelu_tanh_second(x, u, slope)
+    return _normal_density(x) * (2.0 - x**2)
+
+
+def _gelu_tanh_second(x, u, slope):
+    curvature = slope - x * u * slope**2 + 3.0 * _GELU_C * _GELU_K * x**2
+    return (1.0 - u) * (1.0 + u) * curvature
+
+
+def _gelu_joint(x, approximate=False):
+    if approximate:
+        u, slope = _gelu_tanh_terms(x)
+        first = 0.5 * (1.0 + u) * (1.0 + x * (1.0 - u) * slope)
+        return 0.5 * x * (1.0 + u), first, _gelu_tanh_second(x, u, slope)
+    cdf, density = _normal_cdf(x), _normal_density(x)
+    return x * cdf, cdf + x * density, density * (2.0 - x**2)
+
+
+def _tanh_joint(x):
+    t = ops.tanh(x)
+    first = (1.0 - t) * (1.0 + t)
+    return t, first, -2.0 * t * first
+
+
+def _sigmoid_joint(x):
+    s = ops.sigmoid(x)
+    first = s * (1.0 - s)
+    return s, first, first * (1.0 - 2.0 * s)
+
+
+def _silu_joint(x):
+    s = ops.sigmoid(x)
+    first = s * (1.0 + x * (1.0 - s))
+    return x * s, first, s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
 
 
 def _tanh_second(x):
@@ -366,6 +411,15 @@ _SECOND_DERIVATIVES = {
     "exponential": _exponential,
     "exp": _exponential,
 }
+# `(phi, phi', phi'')` evaluated together, sharing their transcendental
+# functions; the other smooth activations evaluate the three separately.
+_JOINT_FORMS = {
+    "gelu": _gelu_joint,
+    "tanh": _tanh_joint,
+    "sigmoid": _sigmoid_joint,
+    "silu": _silu_joint,
+    "swish": _silu_joint,
+}
 _NON_ELEMENTWISE_NAMES = ("softmax", "log_softmax", "glu", "sparsemax")
 
 
@@ -387,10 +441,13 @@ def _builtin_table():
         for name, derivative in _ELEMENTWISE_DERIVATIVES.items():
             fn = getattr(module, name, None)
             if fn is not None:
-                defaults = _changed_defaults(fn, derivative)
-                second = _SECOND_DERIVATIVES.get(name)
                 table[id(fn)] = _Known(
-                    fn, _ELEMENTWISE, derivative, defaults, second
+                    fn,
+                    _ELEMENTWISE,
+                    derivative,
+                    _changed_defaults(fn, derivative),
+                    _SECOND_DERIVATIVES.get(name),
+                    _JOINT_FORMS.get(name),
                 )
         for name in _NON_ELEMENTWISE_NAMES:
             fn = getattr(module, name, None)
@@ -536,11 +593,29 @@ def _match(fn):
 
 
 def _describe_known(known, options):
-    options = {**known.defaults, **options}
-    derivative = _bind(known.derivative, options)
-    second_derivative = _bind(known.second_derivative, options)
-    name = _format_name(_callable_name(known.fn), options)
-    return ActivationInfo(name, known.kind, derivative, second_derivative)
+    all_options = {**known.defaults, **options}
+    derivative = _bind(known.derivative, all_options)
+    second_derivative = _bind(known.second_derivative, all_options)
+    joint = _bind(known.value_and_derivatives, all_options) or _joint_of(
+        _bind(known.fn, options), derivative, second_derivative
+    )
+    name = _format_name(_callable_name(known.fn), all_options)
+    return ActivationInfo(
+        name, known.kind, derivative, second_derivative, joint
+    )
+
+
+def _joint_of(fn, derivative, second_derivative):
+    """`(phi, phi', phi'')` evaluated one by one; `None` without `phi''`."""
+    if second_derivative is None:
+        return None
+    return functools.partial(
+        _evaluate_separately, fn, derivative, second_derivative
+    )
+
+
+def _evaluate_separately(fn, derivative, second_derivative, x):
+    return fn(x), derivative(x), second_derivative(x)
 
 
 def _bind(fn, options):
@@ -572,11 +647,14 @@ def _describe_layer(layer):
     options = {name: getattr(layer, name) for name in names}
     defaults = inspect.signature(layer_type).parameters
     shown = {k: v for k, v in options.items() if v != defaults[k].default}
+    derivative = functools.partial(derivative, **options)
+    second_derivative = _bind(second_derivative, options)
     return ActivationInfo(
         _format_name(layer_type.__name__, shown),
         _ELEMENTWISE,
-        functools.partial(derivative, **options),
-        _bind(second_derivative, options),
+        derivative,
+        second_derivative,
+        _joint_of(layer, derivative, second_derivative),
     )
 
 

@@ -180,6 +180,7 @@ def layer_penalty(
     unit_scale=None,
     stop_gradient_derivative: bool = False,
     second_derivative=None,
+    evaluated=None,
 ):
     """`mean_{batch, positions} sum_j phi'(z_j)^2 ||w_j||^2` for one call.
 
@@ -199,6 +200,9 @@ def layer_penalty(
             gradient of `phi'(z)^2` with respect to `z` is
             `2 phi'(z) phi''(z)`, in a few passes over `z`, instead of
             autodiff through every operation of `phi'`.
+        evaluated: Optional `(phi'(z), phi''(z))`, float32, already
+            evaluated (by the training step's forward pass, see
+            `keras_dreg.capture`); used instead of evaluating them again.
 
     Returns:
         A float32 scalar.
@@ -208,38 +212,40 @@ def layer_penalty(
     unit_shape = (1,) * (z.ndim - norms.ndim) + tuple(norms.shape)
     norms = ops.reshape(norms, unit_shape)
     axes = tuple(i for i, size in enumerate(unit_shape) if size == 1)
-    if second_derivative is not None and not stop_gradient_derivative:
-        squared_slope = _mean_squared_slope(
-            z, derivative, second_derivative, axes
-        )
-    else:
-        slope = ops.cast(derivative(z), "float32")
+    if evaluated is None and second_derivative and not stop_gradient_derivative:
+        constant_z = ops.stop_gradient(z)
+        evaluated = (derivative(constant_z), second_derivative(constant_z))
+    if evaluated is None or stop_gradient_derivative:
+        slope = derivative(z) if evaluated is None else evaluated[0]
+        slope = ops.cast(slope, "float32")
         if stop_gradient_derivative:
             slope = ops.stop_gradient(slope)
         squared_slope = ops.mean(ops.square(slope), axis=axes, keepdims=True)
+    else:
+        slope, curvature = (ops.cast(t, "float32") for t in evaluated)
+        squared_slope = _mean_squared_slope(z, slope, curvature, axes)
     if unit_scale is not None:
         squared_slope = squared_slope * ops.square(unit_scale)
     return ops.sum(squared_slope * norms)
 
 
-def _mean_squared_slope(z, derivative, second_derivative, axes):
+def _mean_squared_slope(z, slope, curvature, axes):
     """`mean(phi'(z)^2)` over `axes`, with its gradient in closed form.
 
-    `d mean(phi'(z)^2) / dz = 2 phi'(z) phi''(z) / count`, where `count`
-    is the number of values averaged per unit.
+    `slope` and `curvature` are `phi'(z)` and `phi''(z)`, evaluated
+    without gradient history. `d mean(phi'(z)^2) / dz =
+    2 phi'(z) phi''(z) / count`, where `count` is the number of values
+    averaged per unit.
     """
 
     @ops.custom_gradient
-    def mean_squared_slope(z):
-        slope = ops.cast(derivative(z), "float32")
-
+    def mean_squared_slope(z, slope, curvature):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             count = ops.cast(ops.size(z) // ops.size(upstream), "float32")
-            curvature = ops.cast(second_derivative(z), "float32")
-            return upstream * (2.0 / count) * slope * curvature
+            return upstream * (2.0 / count) * slope * curvature, None, None
 
         return ops.mean(ops.square(slope), axis=axes, keepdims=True), grad
 
-    return mean_squared_slope(z)
+    return mean_squared_slope(z, slope, curvature)

@@ -267,6 +267,24 @@ def test_second_derivative_matches_autodiff(activation):
 
 
 @pytest.mark.parametrize("activation", SMOOTH_CASES, ids=case_id)
+def test_value_and_derivatives_match_the_activation(activation):
+    # `(phi, phi', phi'')` evaluated together: the activation's own value
+    # (float32, as the training step uses it), `phi'` and `phi''`.
+    info = describe_quietly(activation)
+    z = ops.convert_to_tensor(sample_points(), dtype="float32")
+    value, first, second = info.value_and_derivatives(z)
+    assert_close(value, as_callable(activation)(z), atol=1e-6)
+    assert_close(first, info.derivative(z), atol=1e-6)
+    assert_close(second, info.second_derivative(z), atol=1e-6)
+
+
+def test_only_smooth_activations_are_evaluated_with_derivatives():
+    assert describe_quietly("relu").value_and_derivatives is None
+    layer_info = describe_quietly(layers.Activation("gelu"))
+    assert layer_info.value_and_derivatives is not None
+
+
+@pytest.mark.parametrize("activation", SMOOTH_CASES, ids=case_id)
 def test_penalty_gradient_in_closed_form_matches_autodiff(activation):
     # `layer_penalty` with `phi''` (a custom gradient) against autodiff
     # through `phi'`: same value, same gradient with respect to `z`.
@@ -406,7 +424,13 @@ def test_softmax_like_is_non_elementwise(activation):
     "activation", [None, "linear", activations.linear, layers.Activation(None)]
 )
 def test_identity_is_linear(activation):
-    assert describe_quietly(activation) == ("linear", "linear", None, None)
+    assert describe_quietly(activation) == (
+        "linear",
+        "linear",
+        None,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -480,6 +504,7 @@ def test_registered_derivative_is_used():
         "elementwise",
         scaled_softplus_derivative,
         None,
+        None,
     )
     wrapped = describe_quietly(layers.Activation(scaled_softplus))
     assert wrapped.derivative is scaled_softplus_derivative
@@ -490,7 +515,13 @@ def test_registered_second_derivative_is_used():
         return scale * ops.sigmoid(x) * (1.0 - ops.sigmoid(x))
 
     register_derivative(scaled_softplus, scaled_softplus_derivative, second)
-    assert describe_quietly(scaled_softplus).second_derivative is second
+    info = describe_quietly(scaled_softplus)
+    assert info.second_derivative is second
+    z = ops.convert_to_tensor(sample_points(), dtype="float32")
+    value, first, curvature = info.value_and_derivatives(z)
+    assert_close(value, scaled_softplus(z))
+    assert_close(first, scaled_softplus_derivative(z))
+    assert_close(curvature, second(z))
     with pytest.raises(TypeError, match="`second_derivative` to be callable"):
         register_derivative(scaled_softplus, scaled_softplus_derivative, 2.0)
 

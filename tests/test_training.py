@@ -1,5 +1,7 @@
 """`fit`, `train_on_batch`, `evaluate` and `predict` with the penalty."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -184,6 +186,63 @@ def test_sigmoid_output_keeps_its_logits_for_the_loss():
     np.testing.assert_allclose(
         logs["loss"] - logs["dreg_penalty"], plain, rtol=1e-5
     )
+
+
+FUSED_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_tanh": functools.partial(keras.ops.gelu, approximate=True),
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "silu": "silu",
+    "elu": "elu",  # (phi, phi', phi'') evaluated one by one
+}
+
+
+def _two_site_cnn(activation):
+    """A GELU-style site of each shape: own activation, Activation layer."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, activation=activation)(inputs)
+    x = keras.layers.Dense(4)(keras.layers.Flatten()(x))
+    x = keras.layers.Activation(activation)(x)
+    outputs = keras.layers.Dense(3)(x)
+    return keras_dreg.DREGRegularizedModel(inputs, outputs, lam=0.3)
+
+
+@pytest.mark.parametrize(
+    "name, jit_compile",
+    [(name, False) for name in FUSED_ACTIVATIONS]
+    + [("gelu", True)] * (keras.backend.backend() != "torch"),
+)
+def test_activation_evaluated_with_its_derivatives_trains_as_autodiff(
+    name, jit_compile
+):
+    """The step evaluates `phi` with `phi'` and `phi''` and reuses them in
+    the backward pass; the reference is the same function known by `phi'`
+    only, so the backend differentiates `phi` and `phi'` itself."""
+    activation = keras.activations.get(FUSED_ACTIVATIONS[name])
+
+    def by_autodiff(x):
+        return activation(x)
+
+    info = keras_dreg.derivatives.describe_activation(activation)
+    keras_dreg.register_derivative(by_autodiff, info.derivative)
+    fused, reference = _two_site_cnn(activation), _two_site_cnn(by_autodiff)
+    assert [
+        s.activation.value_and_derivatives is not None
+        for s in (fused.dreg_layers + reference.dreg_layers)
+    ] == [True, True, False, False]
+    x = RNG.normal(size=(16, 6, 6, 2)).astype("float32")
+    y = RNG.integers(0, 3, size=(16,))
+    logs = []
+    for model in (fused, reference):
+        _compile(model, jit_compile=jit_compile, lr=0.5)
+        model.train_on_batch(x, y)
+        logs.append(model.train_on_batch(x, y, return_dict=True))
+    for key in ("loss", "dreg_penalty"):
+        np.testing.assert_allclose(logs[0][key], logs[1][key], rtol=1e-5)
+    for a, b in zip(fused.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_penalty_scope_for_custom_training_loops():
