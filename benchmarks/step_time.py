@@ -130,8 +130,14 @@ def main(argv=None):
             MODELS[model_name], names, JIT_COMPILE[args.jit_compile]
         )
         shape = models["none"].wrapped.input_shape[1:]
-        x = rng.normal(size=(args.batch_size, *shape)).astype("float32")
-        y = rng.integers(0, CLASSES, size=(args.batch_size,))
+        # Backend tensors, as `fit` passes them: a NumPy batch would make
+        # `torch.compile` break the graph where Keras converts it.
+        x = keras.ops.convert_to_tensor(
+            rng.normal(size=(args.batch_size, *shape)).astype("float32")
+        )
+        y = keras.ops.convert_to_tensor(
+            rng.integers(0, CLASSES, size=(args.batch_size,))
+        )
         results[model_name] = time_steps(
             models, x, y, args.steps, args.warmup, CLOCKS[args.clock]
         )
