@@ -63,6 +63,10 @@ MODELS = {"mlp": mlp, "cnn": cnn}
 
 def regularized_models(build, names, jit_compile="auto") -> dict:
     """One compiled model per regularizer, all from the same weights."""
+    # Frees the previous family's models; on PyTorch this also resets
+    # `torch.compile`'s cache, which recompiles each shared step function
+    # for a new model only up to a limit (8), then runs it uncompiled.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     weights = build().get_weights()
     models = {}

@@ -197,15 +197,15 @@ def _normal_cdf(x):
     return 0.5 * (1.0 + ops.erf(x * _INV_SQRT_2))
 
 
-def _normal_density(x):
-    return _INV_SQRT_2PI * ops.exp(-0.5 * x**2)
+def _normal_density(x_squared):
+    return _INV_SQRT_2PI * ops.exp(-0.5 * x_squared)
 
 
 def _gelu(x, approximate=False):
     if approximate:
         u, slope = _gelu_tanh_terms(x)
         return 0.5 * (1.0 + u) * (1.0 + x * (1.0 - u) * slope)
-    return _normal_cdf(x) + x * _normal_density(x)
+    return _normal_cdf(x) + x * _normal_density(x**2)
 
 
 def _tanh(x):
@@ -304,7 +304,8 @@ def _gelu_second(x, approximate=False):
     if approximate:
         u, slope = _gelu_tanh_terms(x)
         return _gelu_tanh_second(x, u, slope)
-    return _normal_density(x) * (2.0 - x**2)
+    x_squared = x**2
+    return _normal_density(x_squared) * (2.0 - x_squared)
 
 
 def _gelu_tanh_second(x, u, slope):
@@ -317,8 +318,9 @@ def _gelu_joint(x, approximate=False):
         u, slope = _gelu_tanh_terms(x)
         first = 0.5 * (1.0 + u) * (1.0 + x * (1.0 - u) * slope)
         return 0.5 * x * (1.0 + u), first, _gelu_tanh_second(x, u, slope)
-    cdf, density = _normal_cdf(x), _normal_density(x)
-    return x * cdf, cdf + x * density, density * (2.0 - x**2)
+    cdf, x_squared = _normal_cdf(x), x**2
+    density = _normal_density(x_squared)
+    return x * cdf, cdf + x * density, density * (2.0 - x_squared)
 
 
 def _tanh_joint(x):
