@@ -25,7 +25,7 @@ records the two: DREG needs them, and the activation's own backward pass
 becomes `upstream * phi'(z)`, reusing them instead of differentiating
 `phi` again. Without a fusing compiler this saves most of the passes
 over `z` that DREG adds (the GELU's `erf` and `exp` are evaluated once
-per step instead of three times). The forward values are those of the
+per step, instead of two or three times each). The forward values are those of the
 closed form, computed in float32 and cast to `z`'s dtype: equal to the
 backend's own up to rounding. Hooks are installed once, whatever
 the number of threads tracing at the same time (TF `MirroredStrategy`
