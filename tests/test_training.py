@@ -245,6 +245,37 @@ def test_activation_evaluated_with_its_derivatives_trains_as_autodiff(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="torch.compile; TF and JAX compile in the tests above",
+)
+def test_torch_compile_traces_the_penalty(monkeypatch):
+    """`jit_compile=True` on PyTorch: TorchDynamo traces the penalty into
+    the compiled step, which trains as the eager one."""
+    import torch
+
+    traced = []
+    dreg_call = keras_dreg.penalties.DREG.__call__
+
+    def probe(self, model, batch):
+        traced.append(torch.compiler.is_compiling())
+        return dreg_call(self, model, batch)
+
+    monkeypatch.setattr(keras_dreg.penalties.DREG, "__call__", probe)
+    x, y = keras.ops.convert_to_tensor(X), keras.ops.convert_to_tensor(Y)
+    logs = []
+    models = [_functional(lam=0.5) for _ in range(2)]
+    for model, jit_compile in zip(models, (True, False)):
+        _compile(model, jit_compile=jit_compile, lr=0.5)
+        model.train_on_batch(x, y)
+        logs.append(model.train_on_batch(x, y, return_dict=True))
+    assert traced[0] and not traced[-1]
+    for key in ("loss", "dreg_penalty"):
+        np.testing.assert_allclose(logs[0][key], logs[1][key], rtol=1e-5)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_penalty_scope_for_custom_training_loops():
     model = _functional(lam=0.5)
     with model.penalty_scope() as penalty:
