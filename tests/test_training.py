@@ -199,7 +199,7 @@ FUSED_ACTIVATIONS = {
 
 
 def _two_site_cnn(activation):
-    """A GELU-style site of each shape: own activation, Activation layer."""
+    """One site of each shape: own activation, `Activation` layer."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6, 6, 2))
     x = keras.layers.Conv2D(3, 3, activation=activation)(inputs)
@@ -234,15 +234,9 @@ def test_activation_evaluated_with_its_derivatives_trains_as_autodiff(
     ] == [True, True, False, False]
     x = RNG.normal(size=(16, 6, 6, 2)).astype("float32")
     y = RNG.integers(0, 3, size=(16,))
-    logs = []
-    for model in (fused, reference):
-        _compile(model, jit_compile=jit_compile, lr=0.5)
-        model.train_on_batch(x, y)
-        logs.append(model.train_on_batch(x, y, return_dict=True))
-    for key in ("loss", "dreg_penalty"):
-        np.testing.assert_allclose(logs[0][key], logs[1][key], rtol=1e-5)
-    for a, b in zip(fused.get_weights(), reference.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _assert_train_alike(
+        (fused, jit_compile), (reference, jit_compile), x, y, rtol=1e-5
+    )
 
 
 @pytest.mark.skipif(
@@ -263,17 +257,24 @@ def test_torch_compile_traces_the_penalty(monkeypatch):
 
     monkeypatch.setattr(keras_dreg.penalties.DREG, "__call__", probe)
     x, y = keras.ops.convert_to_tensor(X), keras.ops.convert_to_tensor(Y)
+    _assert_train_alike(
+        (_functional(lam=0.5), True), (_functional(lam=0.5), False), x, y
+    )
+    assert traced[0] and not traced[-1]
+
+
+def _assert_train_alike(first, second, x, y, rtol=1e-4):
+    """Two `(model, jit_compile)` give the same logs and weights after two
+    SGD steps on `(x, y)`."""
     logs = []
-    models = [_functional(lam=0.5) for _ in range(2)]
-    for model, jit_compile in zip(models, (True, False)):
+    for model, jit_compile in (first, second):
         _compile(model, jit_compile=jit_compile, lr=0.5)
         model.train_on_batch(x, y)
         logs.append(model.train_on_batch(x, y, return_dict=True))
-    assert traced[0] and not traced[-1]
     for key in ("loss", "dreg_penalty"):
         np.testing.assert_allclose(logs[0][key], logs[1][key], rtol=1e-5)
-    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(first[0].get_weights(), second[0].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6)
 
 
 def test_penalty_scope_for_custom_training_loops():
