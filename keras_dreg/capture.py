@@ -16,7 +16,10 @@ hooks on exactly those layers (the activation function of shape 1 and of
 `Activation` layers, the `call` of the other activation layers and of
 the normalization layers of shape 2), records what flows through them
 into a thread-local list and removes the hooks when the step has been
-traced or run.
+traced or run. Hooks are installed once, whatever the number of threads
+tracing at the same time (TF `MirroredStrategy` replicas), and never
+outside a step, so saving, `evaluate` and `predict` see the layers as
+they were built.
 
 Where the activation has `value_and_derivatives` (the smooth built-in
 ones, and custom ones registered with `phi''`), the hooked activation
@@ -25,12 +28,9 @@ records the two: DREG needs them, and the activation's own backward pass
 becomes `upstream * phi'(z)`, reusing them instead of differentiating
 `phi` again. Without a fusing compiler this saves most of the passes
 over `z` that DREG adds (the GELU's `erf` and `exp` are evaluated once
-per step, instead of two or three times each). The forward values are those of the
-closed form, computed in float32 and cast to `z`'s dtype: equal to the
-backend's own up to rounding. Hooks are installed once, whatever
-the number of threads tracing at the same time (TF `MirroredStrategy`
-replicas), and never outside a step, so saving, `evaluate` and `predict`
-see the layers as they were built.
+per step, instead of two or three times each). The forward values are
+those of the closed form, computed in float32 and cast to `z`'s dtype:
+equal to the backend's own up to rounding.
 """
 
 import contextlib
