@@ -392,6 +392,21 @@ def _seed(penalty):
     return tuple(_numpy(penalty.seed_generator.state.value))
 
 
+def _penalties_and_seeds(model, penalty, jit_compile, steps):
+    """The logged penalty of each of `steps` steps (learning rate 0), and
+    the penalty's seed before them and after each."""
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=LOSS, jit_compile=jit_compile
+    )
+    x = np.random.default_rng(9).normal(size=(8, 5)).astype("float32")
+    values, seeds = [], [_seed(penalty)]
+    for _ in range(steps):
+        logs = model.train_on_batch(x, np.zeros(8), return_dict=True)
+        values.append(logs["jacobian_penalty"])
+        seeds.append(_seed(penalty))
+    return values, seeds
+
+
 JIT = {"tensorflow": [False, True], "jax": [True], "torch": [False]}[
     keras.backend.backend()
 ]
@@ -403,15 +418,7 @@ def test_jacobian_in_each_form_of_model(form, jit_compile):
     """The model tracks the penalty's seed: new projections each step."""
     penalty = JacobianPenalty(seed=2)
     model = _penalized(form, penalty)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.0), loss=LOSS, jit_compile=jit_compile
-    )
-    x = np.random.default_rng(9).normal(size=(8, 5)).astype("float32")
-    values, seeds = [], [_seed(penalty)]
-    for _ in range(3):
-        logs = model.train_on_batch(x, np.zeros(8), return_dict=True)
-        values.append(logs["jacobian_penalty"])
-        seeds.append(_seed(penalty))
+    values, seeds = _penalties_and_seeds(model, penalty, jit_compile, steps=3)
     assert all(v > 0 for v in values) and len(set(values)) == 3
     assert len(set(seeds)) == 4
     assert any(v is penalty.seed_generator.state for v in model.variables)
@@ -421,16 +428,9 @@ def test_jacobian_in_each_form_of_model(form, jit_compile):
 def test_jacobian_every_n_steps_advances_the_seed_on_its_steps(jit_compile):
     """`[p, 0, p', 0]`: the seed advances on the penalized steps only."""
     penalty = JacobianPenalty(seed=3, every_n_steps=2)
-    model = _penalized("wrapped", penalty)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.0), loss=LOSS, jit_compile=jit_compile
+    values, seeds = _penalties_and_seeds(
+        _penalized("wrapped", penalty), penalty, jit_compile, steps=4
     )
-    x = np.random.default_rng(9).normal(size=(8, 5)).astype("float32")
-    values, seeds = [], [_seed(penalty)]
-    for _ in range(4):
-        logs = model.train_on_batch(x, np.zeros(8), return_dict=True)
-        values.append(logs["jacobian_penalty"])
-        seeds.append(_seed(penalty))
     assert values[0] > 0 and values[2] > 0 and values[0] != values[2]
     assert values[1] == 0 and values[3] == 0
     initial, first, second = seeds[0], seeds[1], seeds[3]
