@@ -88,11 +88,17 @@ class PenalizedModel(keras.Model):
     def _in_train_step(self) -> bool:
         return getattr(self._step_state, "active", False)
 
-    def train_step(self, *args, **kwargs):
+    @contextlib.contextmanager
+    def _recording(self):
+        """Every penalty's `recording()` (DREG records `z` there)."""
         self._attach_penalties()
         with contextlib.ExitStack() as stack:
             for penalty in self._penalties:
                 stack.enter_context(penalty.recording())
+            yield
+
+    def train_step(self, *args, **kwargs):
+        with self._recording():
             self._step_state.active = True
             try:
                 return super().train_step(*args, **kwargs)
@@ -200,10 +206,7 @@ class PenalizedModel(keras.Model):
         loss.backward()
         ```
         """
-        self._attach_penalties()
-        with contextlib.ExitStack() as stack:
-            for penalty in self._penalties:
-                stack.enter_context(penalty.recording())
+        with self._recording():
 
             def total(x=None, y=None, y_pred=None, sample_weight=None):
                 batch = Batch(x, y, y_pred, sample_weight)
