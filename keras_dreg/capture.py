@@ -271,6 +271,13 @@ class Record:
 class ActivationCapture:
     """Records each site's `z` while a `recording()` block runs.
 
+    Args:
+        sites: The sites to hook.
+        evaluate_derivatives: Evaluate the activations that have
+            `value_and_derivatives` with it and record `phi'` and `phi''`
+            too (see the module docstring). Worth it only if every
+            recorded step uses them.
+
     Example:
 
     >>> capture = ActivationCapture(model.dreg_layers)
@@ -279,8 +286,13 @@ class ActivationCapture:
     >>> records[0][0].pre_activation.shape
     """
 
-    def __init__(self, sites: Sequence[RegularizedLayer]):
+    def __init__(
+        self,
+        sites: Sequence[RegularizedLayer],
+        evaluate_derivatives: bool = True,
+    ):
         self.sites = list(sites)
+        self.evaluate_derivatives = evaluate_derivatives
         self._lock = threading.Lock()
         self._active_threads = 0
         self._local = threading.local()
@@ -370,7 +382,9 @@ class ActivationCapture:
         """Hooks `layer.activation` (a kernel layer's or an `Activation`
         layer's), which `info` describes."""
         original = layer.activation
-        joint = info.value_and_derivatives
+        joint = (
+            info.value_and_derivatives if self.evaluate_derivatives else None
+        )
 
         def recording_activation(z, *args, **kwargs):
             record = self._current(index)

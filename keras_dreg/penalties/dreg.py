@@ -71,7 +71,11 @@ class DREG(base.Penalty):
             include_linear=self.include_linear,
         )
         self._check_sites(model, sites)
-        self.capture = capture.ActivationCapture(sites)
+        # A step that skips the penalty would evaluate phi' and phi''
+        # for nothing.
+        self.capture = capture.ActivationCapture(
+            sites, evaluate_derivatives=self.every_n_steps == 1
+        )
 
     @property
     def sites(self) -> list[capture.RegularizedLayer]:
