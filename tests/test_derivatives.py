@@ -309,6 +309,34 @@ def test_penalty_gradient_in_closed_form_matches_autodiff(activation):
     )
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (2, 2, 4, 3)], ids=str)
+def test_squared_column_norms_and_their_gradient_match_numpy(shape):
+    # The weight norms' gradient is written out (`2 * kernel * upstream`):
+    # checked against float64 numpy, with a weighted sum as the upstream.
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=shape)
+    weights = rng.normal(size=shape[-1])
+    kernel_tensor = ops.convert_to_tensor(kernel, dtype="float32")
+
+    def weighted_norms(k):
+        return penalty.squared_column_norms(k) * ops.convert_to_tensor(
+            weights, dtype="float32"
+        )
+
+    axes = tuple(range(len(shape) - 1))
+    np.testing.assert_allclose(
+        to_numpy(penalty.squared_column_norms(kernel_tensor)),
+        np.sum(kernel**2, axis=axes),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        to_numpy(grad_of_sum(weighted_norms, kernel_tensor)),
+        2.0 * kernel * weights,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
 @pytest.mark.parametrize("activation", ELEMENTWISE_CASES, ids=case_id)
 def test_closed_form_keeps_shape_and_dtype(activation):
     z = ops.convert_to_tensor(sample_points((4, 3)), dtype="float32")

@@ -18,6 +18,7 @@ choice; the DREG preprint fixes only DREG's strength.
 import keras
 from keras import ops
 
+from keras_dreg import penalty
 from keras_dreg.penalties import base
 
 DEFAULT_LAM = 5e-4
@@ -47,7 +48,7 @@ class WeightDecay(base.Penalty):
 
     def __call__(self, model, batch):
         squares = [
-            ops.sum(ops.square(ops.cast(v, "float32"))) for v in kernels(model)
+            ops.sum(penalty.squared_column_norms(v)) for v in kernels(model)
         ]
         if not squares:
             return ops.zeros((), "float32")
