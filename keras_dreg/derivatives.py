@@ -338,21 +338,24 @@ def _sigmoid_joint(x):
 def _silu_joint(x):
     s = ops.sigmoid(x)
     first = s * (1.0 + x * (1.0 - s))
-    return x * s, first, s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
+    return x * s, first, _silu_curvature(x, s)
 
 
 def _tanh_second(x):
-    t = ops.tanh(x)
-    return -2.0 * t * (1.0 - t) * (1.0 + t)
+    # The joint form's value is the tanh it needs anyway.
+    return _tanh_joint(x)[2]
 
 
 def _sigmoid_second(x):
-    s = ops.sigmoid(x)
-    return s * (1.0 - s) * (1.0 - 2.0 * s)
+    return _sigmoid_joint(x)[2]
 
 
 def _silu_second(x):
-    s = ops.sigmoid(x)
+    return _silu_curvature(x, ops.sigmoid(x))
+
+
+def _silu_curvature(x, s):
+    """SiLU's `phi''` from `s = sigmoid(x)`."""
     return s * (1.0 - s) * (2.0 + x * (1.0 - 2.0 * s))
 
 
