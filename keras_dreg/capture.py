@@ -158,8 +158,7 @@ def find_regularized_layers(
         elif site.activation.kind == "elementwise":
             sites.append(site)
         elif include_linear:
-            linear = site.activation._replace(derivative=keras.ops.ones_like)
-            sites.append(dataclasses.replace(site, activation=linear))
+            sites.append(with_unit_slope(site))
     _warn_skipped(non_elementwise, unpaired)
     return [
         site
@@ -167,6 +166,16 @@ def find_regularized_layers(
         if _matches(site.layer, include, default=True)
         and not _matches(site.layer, exclude, default=False)
     ]
+
+
+def with_unit_slope(site: RegularizedLayer) -> RegularizedLayer:
+    """`site` with `phi' = 1` (its penalty is `||W||_F^2` per position)."""
+    unit = site.activation._replace(
+        derivative=keras.ops.ones_like,
+        second_derivative=None,
+        value_and_derivatives=None,
+    )
+    return dataclasses.replace(site, activation=unit)
 
 
 def _layers_in_order(layer, seen):

@@ -59,6 +59,8 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
             (`phi' = 1`, which gives `||W||_F^2` per position).
         stop_gradient_derivative: Treat `phi'(z)` as a constant in the
             backward pass, so only the weight norms receive gradient.
+        unit_slope: An ablation: `phi'(z) = 1` on DREG's layers (see
+            `keras_dreg.penalties.DREG`).
         every_n_steps: Apply the penalty on every `k`-th training step
             only (a cheaper mode); other steps add zero. On the torch
             backend, deciding whether a step is due reads one scalar
@@ -80,6 +82,7 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
         stop_gradient_derivative: bool = False,
         every_n_steps: int = 1,
         layer_weights: dict | None = None,
+        unit_slope: bool = False,
         penalties=(),
         **kwargs,
     ):
@@ -91,6 +94,7 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
             stop_gradient_derivative=stop_gradient_derivative,
             every_n_steps=every_n_steps,
             layer_weights=layer_weights,
+            unit_slope=unit_slope,
         )
         super().__init__(*args, penalties=[dreg, *penalties], **kwargs)
 

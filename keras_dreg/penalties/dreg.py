@@ -30,6 +30,10 @@ class DREG(base.Penalty):
         include_linear: Also regularize kernel layers with no activation.
         stop_gradient_derivative: Treat `phi'(z)` as a constant in the
             backward pass.
+        unit_slope: An ablation: take `phi'(z) = 1` on DREG's layers, so
+            each layer adds `||W||_F^2` per position (weight decay placed
+            and scaled as DREG). Separates "where the derivative is large"
+            from "how much" at the same `lam`.
         every_n_steps: Apply it on every `k`-th training step only.
         layer_weights: Optional `{layer_name: weight}`; default 1.
 
@@ -54,12 +58,14 @@ class DREG(base.Penalty):
         stop_gradient_derivative: bool = False,
         every_n_steps: int = 1,
         layer_weights: dict | None = None,
+        unit_slope: bool = False,
     ):
         super().__init__(lam, every_n_steps)
         self.include = None if include is None else _selectors(include)
         self.exclude = _selectors(exclude)
         self.include_linear = bool(include_linear)
         self.stop_gradient_derivative = bool(stop_gradient_derivative)
+        self.unit_slope = bool(unit_slope)
         self.layer_weights = _validate_layer_weights(layer_weights)
         self.capture = None
 
@@ -71,6 +77,8 @@ class DREG(base.Penalty):
             include_linear=self.include_linear,
         )
         self._check_sites(model, sites)
+        if self.unit_slope:
+            sites = [capture.with_unit_slope(site) for site in sites]
         # A step that skips the penalty would evaluate phi' and phi''
         # for nothing.
         self.capture = capture.ActivationCapture(
@@ -155,6 +163,7 @@ class DREG(base.Penalty):
             "exclude": list(self.exclude),
             "include_linear": self.include_linear,
             "stop_gradient_derivative": self.stop_gradient_derivative,
+            "unit_slope": self.unit_slope,
             "layer_weights": dict(self.layer_weights),
         }
 
