@@ -9,6 +9,7 @@ from keras_dreg import callbacks
 from keras_dreg import derivatives
 from keras_dreg import penalties
 from keras_dreg.capture import RegularizedLayer
+from keras_dreg.capture import UnregularizedWarning
 from keras_dreg.derivatives import register_derivative
 from keras_dreg.model import DEFAULT_LAM
 from keras_dreg.model import DREGRegularizedModel
@@ -26,6 +27,7 @@ __all__ = [
     "PenalizedWrapper",
     "REGULARIZERS",
     "RegularizedLayer",
+    "UnregularizedWarning",
     "__version__",
     "callbacks",
     "derivatives",

@@ -36,16 +36,17 @@ equal to the backend's own up to rounding.
 import contextlib
 import dataclasses
 import threading
-import warnings
 from collections.abc import Callable
 from collections.abc import Sequence
 
 import keras
 from keras import layers
-from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from keras_dreg import derivatives
+from keras_dreg import interception
+from keras_dreg import internals
 from keras_dreg import penalty
+from keras_dreg.backend import custom_gradient
 
 ACTIVATION_LAYERS = (
     layers.Activation,
@@ -55,6 +56,18 @@ ACTIVATION_LAYERS = (
     layers.PReLU,
     layers.Softmax,
 )
+"""Layers whose only job is an activation, paired with the kernel layer
+that feeds them."""
+
+RECURRENT_LAYERS = (layers.RNN,)
+"""Layers whose activations run inside their own `call` (reported)."""
+
+NORMALIZATIONS_BETWEEN = (
+    layers.LayerNormalization,
+    layers.GroupNormalization,
+    layers.UnitNormalization,
+)
+"""Normalizations that mix units: a site cannot pass through them."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -101,7 +114,54 @@ class RegularizedLayer:
         )
 
 
-LayerSelector = str | type
+LayerSelector = str | type | keras.layers.Layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Unregularized:
+    """A kernel layer or nonlinear activation DREG does not regularize.
+
+    Attributes:
+        layer: The layer.
+        activation: The activation's name.
+        reason: Why, and what to do about it.
+        expected: Whether this is the normal case (an output softmax, a
+            linear layer, a layer the user excluded) rather than a gap
+            the user should hear about.
+    """
+
+    layer: keras.layers.Layer
+    activation: str
+    reason: str
+    expected: bool = False
+
+
+@dataclasses.dataclass
+class Survey:
+    """What DREG found in a model: the sites and what it leaves out."""
+
+    sites: list[RegularizedLayer]
+    unregularized: list[Unregularized]
+
+    def warning(self) -> str | None:
+        """One message naming the unexpected gaps, or `None`."""
+        gaps = [u for u in self.unregularized if not u.expected]
+        if not gaps:
+            return None
+        lines = [
+            f"  - {u.layer.name} ({u.activation}): {u.reason}" for u in gaps
+        ]
+        return (
+            "DREG does not regularize these nonlinear activations:\n"
+            + "\n".join(lines)
+            + "\n`model.dreg_summary()` lists every layer. Silence this "
+            "with `warnings.simplefilter('ignore', "
+            "keras_dreg.UnregularizedWarning)`."
+        )
+
+
+class UnregularizedWarning(UserWarning):
+    """A nonlinear activation of the model is not regularized by DREG."""
 
 
 def find_regularized_layers(
@@ -112,60 +172,87 @@ def find_regularized_layers(
 ) -> list[RegularizedLayer]:
     """Lists the layers of `model` (recursively) that DREG regularizes.
 
+    See `survey`, which also says what is left out and why.
+
+    Example:
+
+    >>> inputs = keras.Input((4,))
+    >>> x = keras.layers.Dense(8, activation="gelu", name="hidden")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    >>> find_regularized_layers(model)
+    [RegularizedLayer(hidden, activation=gelu)]
+    """
+    return survey(model, include, exclude, include_linear).sites
+
+
+def survey(
+    model: keras.Model,
+    include: Sequence[LayerSelector] | None = None,
+    exclude: Sequence[LayerSelector] = (),
+    include_linear: bool = False,
+) -> Survey:
+    """The sites of `model` and every layer DREG leaves out, with why.
+
     Args:
-        model: Any Keras model.
-        include: Layer names, class names or classes to keep; `None`
-            keeps all. A class name matches that exact class only.
-        exclude: Layer names, class names or classes to drop.
+        model: A built Keras model (Sequential models without
+            `keras.Input` are built by their first call).
+        include: Layers to keep: layer instances, layer names, or layer
+            classes (a class, or a class name, matches instances of that
+            class and its subclasses); `None` keeps all.
+        exclude: Layers to drop, in the same forms.
         include_linear: Also regularize kernel layers whose activation is
             the identity (`phi' = 1`: the penalty is then `||W||_F^2`
             per position).
 
     Returns:
-        The sites, in layer order. Warns once for layers skipped because
-        their activation is not elementwise (softmax) and once for
-        activation layers outside any layer graph (in subclassed models),
-        whose input layer cannot be known. Activation layers fed by
-        something other than a kernel layer (`Add -> ReLU`) are not
-        sites and need no warning.
+        A `Survey`: the sites in layer order, and each kernel layer,
+        recurrent layer and nonlinear activation layer left out.
     """
-    all_layers = list(_layers_in_order(model, set()))
-    sites, non_elementwise, unpaired = [], [], []
-    paired = {}
+    all_layers = _layers_in_order(model)
+    sites, unregularized, paired = [], [], set()
     for layer in all_layers:
-        if not isinstance(layer, ACTIVATION_LAYERS):
-            continue
-        kind = derivatives.describe_activation(layer).kind
-        if kind == "linear":
-            continue
-        if not layer._inbound_nodes:
-            # Outside any graph: a subclassed model's layer, or one used
-            # inside another layer (the softmax of MultiHeadAttention).
-            if kind == "elementwise":
-                unpaired.append(layer.name)
-            continue
-        site = _pair_with_producer(layer)
-        if site is not None:
-            paired[id(site.layer)] = site
+        if isinstance(layer, ACTIVATION_LAYERS):
+            site, gap = _activation_layer_site(layer)
+            if site is not None:
+                paired.add(id(site.layer))
+                sites.append(site)
+            elif gap is not None:
+                unregularized.append(gap)
+        elif isinstance(layer, RECURRENT_LAYERS):
+            unregularized.append(
+                Unregularized(
+                    layer,
+                    "recurrent",
+                    "a recurrent layer: its gate activations run inside "
+                    "its own call, on the state as well as the input; "
+                    "DREG's closed form does not cover them",
+                )
+            )
     for layer in all_layers:
-        if not penalty.is_kernel_layer(layer):
-            continue
-        site = paired.get(id(layer)) or RegularizedLayer(
-            layer, derivatives.describe_activation(layer.activation)
-        )
-        if site.activation.kind == "non_elementwise":
-            non_elementwise.append(layer.name)
-        elif site.activation.kind == "elementwise":
-            sites.append(site)
-        elif include_linear:
-            sites.append(with_unit_slope(site))
-    _warn_skipped(non_elementwise, unpaired)
-    return [
-        site
-        for site in sites
-        if _matches(site.layer, include, default=True)
-        and not _matches(site.layer, exclude, default=False)
-    ]
+        if penalty.is_kernel_layer(layer) and id(layer) not in paired:
+            site, gap = _own_activation_site(layer, include_linear)
+            if site is not None:
+                sites.append(site)
+            elif gap is not None:
+                unregularized.append(gap)
+    order = {id(layer): i for i, layer in enumerate(all_layers)}
+    sites.sort(key=lambda site: order[id(site.layer)])
+    kept = []
+    for site in sites:
+        if _matches(site.layer, include, default=True) and not _matches(
+            site.layer, exclude, default=False
+        ):
+            kept.append(site)
+        else:
+            unregularized.append(
+                Unregularized(
+                    site.layer,
+                    site.activation.name,
+                    "excluded by `include`/`exclude`",
+                    expected=True,
+                )
+            )
+    return Survey(kept, unregularized)
 
 
 def with_unit_slope(site: RegularizedLayer) -> RegularizedLayer:
@@ -178,61 +265,188 @@ def with_unit_slope(site: RegularizedLayer) -> RegularizedLayer:
     return dataclasses.replace(site, activation=unit)
 
 
-def _layers_in_order(layer, seen):
-    """All nested layers of `layer`, depth first, in the order built."""
-    for sublayer in layer._layers:
-        if id(sublayer) not in seen:
-            seen.add(id(sublayer))
-            yield sublayer
-            yield from _layers_in_order(sublayer, seen)
+def _own_activation_site(layer, include_linear):
+    """The site of a kernel layer's own activation, or why there is none."""
+    info = derivatives.describe_activation(layer.activation)
+    site = RegularizedLayer(layer, info)
+    if info.kind == "elementwise":
+        return site, None
+    if info.kind == "non_elementwise":
+        reason = (
+            f"its activation {info.name} is not elementwise (its Jacobian "
+            "is not diagonal), so the closed form does not apply; "
+            "expected for an output softmax"
+        )
+        return None, Unregularized(layer, info.name, reason, expected=True)
+    if include_linear:
+        return with_unit_slope(site), None
+    reason = (
+        "linear (no activation follows it); pass include_linear=True to "
+        "regularize ||W||_F^2 per position"
+    )
+    return None, Unregularized(layer, "linear", reason, expected=True)
+
+
+def _activation_layer_site(layer):
+    """The site an activation layer closes, or why it closes none."""
+    info = derivatives.describe_activation(layer)
+    if info.kind == "linear":
+        return None, None
+    if info.kind == "non_elementwise":
+        reason = (
+            "not elementwise (its Jacobian is not diagonal); expected for "
+            "an output softmax"
+        )
+        return None, Unregularized(layer, info.name, reason, expected=True)
+    if not internals.is_in_graph(layer):
+        reason = (
+            "used outside a layer graph (in a subclassed model's or a "
+            "layer's own `call`), so the kernel layer feeding it cannot "
+            "be known; give that kernel layer `activation=` instead"
+        )
+        return None, Unregularized(layer, info.name, reason)
+    producer, batch_norm, reason = _kernel_producer(layer)
+    if reason is not None:
+        return None, Unregularized(layer, info.name, reason)
+    return RegularizedLayer(producer, info, layer, batch_norm), None
+
+
+def _kernel_producer(activation_layer):
+    """`(kernel_layer, batch_norm, None)` if one kernel layer (optionally
+    through a `BatchNormalization`) feeds `activation_layer` alone, else
+    `(None, None, reason)`."""
+    producer = _single_producer(activation_layer)
+    if producer is None:
+        return (
+            None,
+            None,
+            (
+                "its input is not one layer's output (several inputs, or a "
+                "layer called more than once)"
+            ),
+        )
+    if not _feeds_only(producer, activation_layer):
+        return (
+            None,
+            None,
+            (
+                f"the output of {producer.name} also feeds other layers, so "
+                "the activation's input is not that layer's alone"
+            ),
+        )
+    batch_norm = None
+    if isinstance(producer, layers.BatchNormalization):
+        batch_norm, producer = producer, _single_producer(producer)
+        if producer is None or not _feeds_only(producer, batch_norm):
+            return (
+                None,
+                None,
+                (
+                    f"{batch_norm.name} (BatchNormalization) is not fed by one "
+                    "kernel layer alone"
+                ),
+            )
+    if isinstance(producer, NORMALIZATIONS_BETWEEN):
+        return (
+            None,
+            None,
+            (
+                f"{producer.name} ({type(producer).__name__}) stands between "
+                "the kernel layer and the activation; it mixes units (its "
+                "Jacobian is not diagonal per unit). Put the normalization "
+                "after the activation, or give the kernel layer "
+                "`activation=` and normalize after it"
+            ),
+        )
+    if isinstance(producer, layers.Dropout):
+        return (
+            None,
+            None,
+            (
+                f"{producer.name} (Dropout) stands between the kernel layer "
+                "and the activation; move the Dropout after the activation"
+            ),
+        )
+    if not penalty.is_kernel_layer(producer):
+        return (
+            None,
+            None,
+            (
+                f"its input comes from {producer.name} "
+                f"({type(producer).__name__}), not from a kernel layer "
+                "(Dense, Conv*, ...); e.g. an activation after Add or "
+                "Multiply, or the output of a nested model"
+            ),
+        )
+    if derivatives.describe_activation(producer.activation).kind != "linear":
+        return (
+            None,
+            None,
+            (
+                f"{producer.name} has its own activation already (that one is "
+                "regularized); a second activation is not"
+            ),
+        )
+    if batch_norm is not None and not _same_axis(producer, batch_norm):
+        return (
+            None,
+            None,
+            (
+                f"{batch_norm.name} normalizes another axis than "
+                f"{producer.name}'s units"
+            ),
+        )
+    return producer, batch_norm, None
+
+
+def _layers_in_order(model):
+    """All nested layers of `model`, depth first, in the order built."""
+    seen, ordered = set(), []
+
+    def visit(layer):
+        for sublayer in internals.direct_sublayers(layer):
+            if id(sublayer) not in seen:
+                seen.add(id(sublayer))
+                ordered.append(sublayer)
+                visit(sublayer)
+
+    visit(model)
+    return ordered
 
 
 def _matches(layer, selectors, default):
     if selectors is None:
         return default
-    return any(
-        s in (layer.name, type(layer).__name__)
-        if isinstance(s, str)
-        else isinstance(layer, s)
-        for s in selectors
+    return any(_selects(s, layer) for s in selectors)
+
+
+def _selects(selector, layer) -> bool:
+    """A layer instance selects itself; a class, or a class name, its
+    instances (subclasses included); a string also the layer's name."""
+    if isinstance(selector, keras.layers.Layer):
+        return selector is layer
+    if isinstance(selector, type):
+        return isinstance(layer, selector)
+    return selector == layer.name or any(
+        cls.__name__ == selector for cls in type(layer).__mro__
     )
 
 
 def _single_producer(layer):
     """The one layer whose output is `layer`'s only input, or `None`."""
     producers = set()
-    for node in layer._inbound_nodes:
-        if len(node.parent_nodes) != 1:
+    for parents in internals.inbound_producers(layer):
+        if len(parents) != 1:
             return None
-        producers.add(node.parent_nodes[0].operation)
+        producers.add(parents[0])
     if len(producers) != 1:
         return None
     return producers.pop()
 
 
 def _feeds_only(layer, consumer):
-    return bool(layer._outbound_nodes) and all(
-        node.operation is consumer for node in layer._outbound_nodes
-    )
-
-
-def _pair_with_producer(activation_layer):
-    producer = _single_producer(activation_layer)
-    if producer is None or not _feeds_only(producer, activation_layer):
-        return None
-    batch_norm = None
-    if isinstance(producer, layers.BatchNormalization):
-        batch_norm, producer = producer, _single_producer(producer)
-        if producer is None or not _feeds_only(producer, batch_norm):
-            return None
-    if not penalty.is_kernel_layer(producer):
-        return None
-    if derivatives.describe_activation(producer.activation).kind != "linear":
-        return None
-    if batch_norm is not None and not _same_axis(producer, batch_norm):
-        return None
-    info = derivatives.describe_activation(activation_layer)
-    return RegularizedLayer(producer, info, activation_layer, batch_norm)
+    consumers = internals.outbound_consumers(layer)
+    return bool(consumers) and all(c is consumer for c in consumers)
 
 
 def _same_axis(layer, batch_norm):
@@ -245,40 +459,28 @@ def _same_axis(layer, batch_norm):
     return axis % rank == penalty.unit_axis(layer) % rank
 
 
-def _warn_skipped(non_elementwise, unpaired):
-    if non_elementwise:
-        warnings.warn(
-            "DREG skips layers whose activation is not elementwise "
-            f"(softmax-like): {', '.join(non_elementwise)}. Their Jacobian "
-            "is not diagonal, so the closed form does not apply. This is "
-            "expected for an output softmax.",
-            stacklevel=3,
-        )
-    if unpaired:
-        warnings.warn(
-            "DREG cannot tell which kernel layer feeds these activation "
-            f"layers: {', '.join(unpaired)}, so they are not regularized. "
-            "Use the kernel layer's own `activation=` argument, or build "
-            "the model with the Functional or Sequential API.",
-            stacklevel=3,
-        )
-
-
 @dataclasses.dataclass
 class Record:
     """What one call of a site recorded: `z`; `(phi'(z), phi''(z))` when
     the activation was evaluated with them (float32, no gradient
-    history); the normalization's input and training flag when a
-    `BatchNormalization` is involved."""
+    history); the kernel layer's input shape and mask where needed; the
+    normalization's input and training flag when a `BatchNormalization`
+    is involved."""
 
     pre_activation: object = None
     derivatives: tuple | None = None
+    input_shape: tuple | None = None
+    mask: object = None
     batch_norm_inputs: object = None
     batch_norm_training: bool = False
 
 
 class ActivationCapture:
     """Records each site's `z` while a `recording()` block runs.
+
+    The hooks go through `keras_dreg.interception`: installed when the
+    first thread enters `recording()`, removed when the last one leaves;
+    each thread records into its own lists.
 
     Args:
         sites: The sites to hook.
@@ -289,10 +491,11 @@ class ActivationCapture:
 
     Example:
 
-    >>> capture = ActivationCapture(model.dreg_layers)
+    >>> capture = ActivationCapture(find_regularized_layers(model))
     >>> with capture.recording() as records:
-    ...     model(x, training=True)
+    ...     _ = model(x, training=True)
     >>> records[0][0].pre_activation.shape
+    (2, 8)
     """
 
     def __init__(
@@ -302,9 +505,10 @@ class ActivationCapture:
     ):
         self.sites = list(sites)
         self.evaluate_derivatives = evaluate_derivatives
-        self._lock = threading.Lock()
-        self._active_threads = 0
         self._local = threading.local()
+        self._hooks = [
+            h for i, s in enumerate(self.sites) for h in self._site_hooks(i, s)
+        ]
 
     @property
     def records(self) -> list[list[Record]] | None:
@@ -320,82 +524,75 @@ class ActivationCapture:
         in a step must not outlive it.
         """
         self._local.records = [[] for _ in self.sites]
-        with self._lock:
-            if self._active_threads == 0:
-                self._install_hooks()
-            self._active_threads += 1
         try:
-            yield self._local.records
+            with contextlib.ExitStack() as stack:
+                for layer, attribute, hook in self._hooks:
+                    stack.enter_context(
+                        interception.hooked(layer, attribute, hook)
+                    )
+                yield self._local.records
         finally:
             self._local.records = None
-            with self._lock:
-                self._active_threads -= 1
-                if self._active_threads == 0:
-                    self._remove_hooks()
 
-    @contextlib.contextmanager
-    def paused(self):
-        """Records nothing in this thread for the duration of the block.
-
-        For forward passes inside a recorded step that are not the step's
-        own, such as the second run of the input-gradient penalty. The
-        records made before the block are kept; other threads record on.
-
-        Example:
-
-        >>> with capture.recording() as records:
-        ...     model(x, training=True)
-        ...     with capture.paused():
-        ...         model(x, training=True)  # not recorded
-        >>> len(records[0])
-        1
-        """
-        records = self.records
-        self._local.records = None
-        try:
-            yield
-        finally:
-            self._local.records = records
-
-    def _install_hooks(self):
-        self._removers = []
-        for index, site in enumerate(self.sites):
-            if site.activation_layer is None:
-                self._hook_activation(index, site.layer, site.activation)
-            elif type(site.activation_layer) is layers.Activation:
-                self._hook_activation(
-                    index, site.activation_layer, site.activation
+    def _site_hooks(self, index, site):
+        """`(layer, attribute, hook)` for everything `site` records."""
+        hooks = []
+        if site.activation_layer is None:
+            hooks.append(
+                (site.layer, "activation", self._activation_hook(index, site))
+            )
+        elif type(site.activation_layer) is layers.Activation:
+            hooks.append(
+                (
+                    site.activation_layer,
+                    "activation",
+                    self._activation_hook(index, site),
                 )
-            else:
-                self._hook_call(index, site.activation_layer, _record_input)
-            if site.batch_norm is not None:
-                self._hook_call(index, site.batch_norm, _record_bn_input)
+            )
+        else:
+            hooks.append(
+                (
+                    site.activation_layer,
+                    "call",
+                    self._call_hook(index, _record_input),
+                )
+            )
+        hooks.append(
+            (site.layer, "call", self._call_hook(index, _record_layer_input))
+        )
+        if site.batch_norm is not None:
+            hooks.append(
+                (
+                    site.batch_norm,
+                    "call",
+                    self._call_hook(index, _record_bn_input),
+                )
+            )
+        return hooks
 
-    def _remove_hooks(self):
-        for remove in reversed(self._removers):
-            remove()
-        self._removers = []
-
-    def _current(self, index):
+    def _current(self, index, new_call=False):
+        """This call's record of site `index`, or `None` when not
+        recording (another thread, a paused or symbolic run)."""
         records = self.records
-        if records is None or in_symbolic_scope():
+        if records is None or internals.in_symbolic_scope():
             # Shape inference (a first call building the layers) runs the
             # layer in a scratch graph; those tensors are not the step's.
             return None
         site_records = records[index]
-        if not site_records or site_records[-1].pre_activation is not None:
+        if new_call or not site_records:
             site_records.append(Record())
         return site_records[-1]
 
-    def _hook_activation(self, index, layer, info):
-        """Hooks `layer.activation` (a kernel layer's or an `Activation`
-        layer's), which `info` describes."""
-        original = layer.activation
+    def _activation_hook(self, index, site):
+        """Records `z` at the activation function; evaluates it with its
+        derivatives where it can."""
         joint = (
-            info.value_and_derivatives if self.evaluate_derivatives else None
+            site.activation.value_and_derivatives
+            if self.evaluate_derivatives
+            else None
         )
 
-        def recording_activation(z, *args, **kwargs):
+        def recording_activation(original, z, *args, **kwargs):
             record = self._current(index)
             if record is None:
                 return original(z, *args, **kwargs)
@@ -404,25 +601,21 @@ class ActivationCapture:
                 return original(z, *args, **kwargs)
             outputs = _evaluate_with_derivatives(record, z, joint)
             if original is keras.activations.sigmoid:
-                _keep_logits(outputs, z)
+                internals.keep_logits(outputs, z)
             return outputs
 
-        object.__setattr__(layer, "activation", recording_activation)
-        self._removers.append(
-            lambda: object.__setattr__(layer, "activation", original)
-        )
+        return recording_activation
 
-    def _hook_call(self, index, layer, record_fn: Callable):
-        original = layer.call
-
-        def recording_call(inputs, *args, **kwargs):
-            record = self._current(index)
+    def _call_hook(self, index, record_fn: Callable):
+        def recording_call(original, inputs, *args, **kwargs):
+            record = self._current(
+                index, new_call=record_fn is _record_layer_input
+            )
             if record is not None:
                 record_fn(record, inputs, kwargs)
             return original(inputs, *args, **kwargs)
 
-        object.__setattr__(layer, "call", recording_call)
-        self._removers.append(lambda: layer.__dict__.pop("call", None))
+        return recording_call
 
 
 def _evaluate_with_derivatives(record, z, value_and_derivatives):
@@ -433,26 +626,19 @@ def _evaluate_with_derivatives(record, z, value_and_derivatives):
     )
     record.derivatives = (slope, curvature)
 
-    @keras.ops.custom_gradient
     def activation(z, value, slope):
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+        def grad(upstream):
             upstream = keras.ops.cast(upstream, "float32")
             return keras.ops.cast(upstream * slope, z.dtype), None, None
 
         return keras.ops.cast(value, z.dtype), grad
 
-    return activation(z, value, slope)
+    return custom_gradient(activation)(z, value, slope)
 
 
-def _keep_logits(outputs, logits):
-    """Like `keras.activations.sigmoid`: its output carries the logits, so
-    that binary cross-entropy can use them (a stable loss)."""
-    try:
-        outputs._keras_logits = logits
-    except AttributeError:
-        pass
+def _record_layer_input(record, inputs, kwargs):
+    record.input_shape = tuple(inputs.shape)
+    record.mask = internals.get_keras_mask(inputs)
 
 
 def _record_input(record, inputs, kwargs):

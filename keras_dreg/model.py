@@ -2,10 +2,11 @@
 
 import keras
 from keras import ops
-from keras.src.models.functional import Functional
 
 from keras_dreg import capture
+from keras_dreg import internals
 from keras_dreg import penalized_model
+from keras_dreg import summary
 from keras_dreg.penalties.dreg import DEFAULT_LAM
 from keras_dreg.penalties.dreg import DREG
 
@@ -111,8 +112,27 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
     @property
     def dreg_layers(self) -> list[capture.RegularizedLayer]:
         """The layers regularized, each with the activation found for it."""
-        self._attach_penalties()
-        return self.dreg.sites
+        return list(self.penalty_state(self.dreg).capture.sites)
+
+    def dreg_summary(self, print_fn=None) -> str:
+        """Prints every kernel layer and nonlinear activation of the model:
+        regularized by DREG, or not and why, in the style of
+        `model.summary()`.
+
+        Args:
+            print_fn: Called with the table; defaults to `print`.
+
+        Returns:
+            The table, as a string.
+
+        Example:
+
+        >>> model.dreg_summary()  # doctest: +ELLIPSIS
+        DREG summary of ...
+        """
+        table = summary.format_survey(self, self.penalty_state(self.dreg))
+        (print_fn or print)(table)
+        return table
 
     def dreg_penalty(self, x, per_layer: bool = False):
         """The weighted penalty of `x`, outside training.
@@ -132,10 +152,10 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
         >>> model.dreg_penalty(x_batch)
         >>> model.dreg_penalty(x_batch, per_layer=True)["dense"]
         """
-        self._attach_penalties()
-        with self.dreg.recording() as records:
+        state = self.penalty_state(self.dreg)
+        with self.dreg.recording(state) as records:
             self(x, training=False)
-            terms = self.dreg.layer_terms(records)
+            terms = self.dreg.layer_terms(state, records)
         if per_layer:
             return terms
         return ops.sum(ops.stack(list(terms.values())))
@@ -150,10 +170,10 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
 
         >>> model.mean_squared_derivatives(x_batch)["dense"]
         """
-        self._attach_penalties()
-        with self.dreg.recording() as records:
+        state = self.penalty_state(self.dreg)
+        with self.dreg.recording(state) as records:
             self(x, training=False)
-            return self.dreg.mean_squared_derivatives(records)
+            return self.dreg.mean_squared_derivatives(state, records)
 
     def get_config(self):
         config = super().get_config()
@@ -163,7 +183,7 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
 
 
 @keras.saving.register_keras_serializable(package="keras_dreg")
-class FunctionalDREGModel(DREGRegularizedModel, Functional):
+class FunctionalDREGModel(DREGRegularizedModel, internals.Functional):
     """`DREGRegularizedModel(inputs, outputs)` builds one of these."""
 
 

@@ -1,23 +1,54 @@
 """`PenalizedModel`: a `keras.Model` whose training loss adds penalties.
 
-The model keeps Keras's own `train_step` on every backend and only wraps
-it: the step runs inside each penalty's `recording()` context (DREG
-records pre-activations there), and `compute_loss` adds each penalty's
-value. Loss scaling under mixed precision, metrics, `jit_compile`, JAX's
-stateless step and `tf.distribute` therefore work as for any Keras model.
+Where each penalty enters training (see `keras_dreg.penalties.base`):
+
+- Forward penalties (DREG, weight decay) are losses of the training
+  forward pass. Every `call` of the model with `training=True` (by
+  `__call__`, `fit`, or `stateless_call`) runs inside the penalties'
+  `recording(state)` contexts and ends with `add_loss(value)`, as
+  Keras's activity regularizers do. So every path that sums the model's
+  `losses` gets them, with the weights the call used: `fit`, a user's
+  `train_step` calling `compute_loss`, JAX `stateless_call(...,
+  return_losses=True)` loops under `jax.jit`, TF tapes, torch loops.
+- Step penalties (input gradient, Jacobian) need the targets or the
+  loss: `compute_loss(..., training=True)` adds them.
+
+The model keeps Keras's own `train_step` on every backend and only marks
+the step (so that a `call` without a `training` argument counts as a
+training call, and the `<name>_penalty` metrics are shown): loss scaling
+under mixed precision, metrics, `jit_compile`, JAX's stateless step and
+`tf.distribute` work as for any Keras model. `evaluate` and `predict`
+add no penalty.
+
+Every subclass's `call` is wrapped once, when the class is made
+(`__init_subclass__`), so subclassed, functional and wrapping forms all
+add the penalties.
 """
 
 import contextlib
+import functools
 import threading
 
 import keras
 from keras import ops
-from keras.src.losses.loss import scale_loss_for_distribution
-from keras.src.models.functional import Functional
-from keras.src.models.model import functional_init_arguments
 
+from keras_dreg import interception
+from keras_dreg import internals
 from keras_dreg.penalties.base import Batch
 from keras_dreg.penalties.base import Penalty
+
+
+def _adding_penalties(call):
+    """`call`, made to add the model's penalties in training calls."""
+
+    @functools.wraps(call)
+    def call_adding_penalties(self, *args, **kwargs):
+        if not self._adds_penalties(kwargs):
+            return call(self, *args, **kwargs)
+        return self._penalized_call(call, args, kwargs)
+
+    call_adding_penalties._penalized = True
+    return call_adding_penalties
 
 
 @keras.saving.register_keras_serializable(package="keras_dreg")
@@ -48,9 +79,15 @@ class PenalizedModel(keras.Model):
     ```
     """
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        call = cls.call
+        if call is not keras.Model.call and not hasattr(call, "_penalized"):
+            cls.call = _adding_penalties(call)
+
     def __new__(cls, *args, **kwargs):
-        if functional_init_arguments(args, kwargs) and not issubclass(
-            cls, Functional
+        if internals.functional_init_arguments(args, kwargs) and not issubclass(
+            cls, internals.Functional
         ):
             cls = _functional_class(cls)
         return super().__new__(cls, *args, **kwargs)
@@ -70,44 +107,105 @@ class PenalizedModel(keras.Model):
                 0, dtype="int32", trainable=False, name="penalty_step"
             )
         self._step_state = threading.local()
-        self._attached = False
-        if isinstance(self, Functional):
-            self._attach_penalties()
+        # Not tracked by Keras: what the penalties found in this model.
+        object.__setattr__(self, "_penalty_states", None)
 
     @property
     def penalties(self) -> list[Penalty]:
         """The penalties added to the training loss."""
         return list(self._penalties)
 
-    def _attach_penalties(self):
-        if not self._attached:
-            for penalty in self._penalties:
-                penalty.attach(self)
-            self._attached = True
+    def penalty_state(self, penalty: Penalty):
+        """What `penalty.bind(self)` found in this model (DREG: its
+        layers); binds every penalty on first use.
+
+        Raises:
+            ValueError: if the model is not built yet (a Sequential model
+                without `keras.Input`, a subclassed model never called),
+                or `penalty` is not one of this model's.
+        """
+        if self._penalty_states is None:
+            self._check_built()
+            states = [p.bind(self) for p in self._penalties]
+            object.__setattr__(self, "_penalty_states", states)
+        for candidate, state in zip(self._penalties, self._penalty_states):
+            if candidate is penalty:
+                return state
+        raise ValueError(
+            f"{penalty!r} is not a penalty of model '{self.name}'; its "
+            f"penalties: {self._penalties}."
+        )
+
+    def _check_built(self):
+        if self.built or _inner_built(self):
+            return
+        raise ValueError(
+            f"Model '{self.name}' is not built yet, so its layers cannot be "
+            "surveyed (a Sequential model without `keras.Input` has no "
+            "layer graph before its first call). Call it on a batch "
+            "(`model(x)`), or `model.build(input_shape)`, first; `fit` "
+            "does this by itself at its first step."
+        )
 
     def _in_train_step(self) -> bool:
         return getattr(self._step_state, "active", False)
 
-    @contextlib.contextmanager
-    def _recording(self):
-        """Every penalty's `recording()` (DREG records `z` there)."""
-        self._attach_penalties()
-        with contextlib.ExitStack() as stack:
-            for penalty in self._penalties:
-                stack.enter_context(penalty.recording())
-            yield
-
     def train_step(self, *args, **kwargs):
-        with self._recording():
-            self._step_state.active = True
-            try:
-                return super().train_step(*args, **kwargs)
-            finally:
-                self._step_state.active = False
+        self._step_state.active = True
+        try:
+            return super().train_step(*args, **kwargs)
+        finally:
+            self._step_state.active = False
+
+    def _adds_penalties(self, kwargs) -> bool:
+        """Whether this `call` is a training forward pass of the model's
+        own (not a symbolic build, a paused or a nested re-run)."""
+        if (
+            not self._penalties
+            or interception.is_paused()
+            or internals.in_symbolic_scope()
+            or getattr(self._step_state, "in_forward", False)
+        ):
+            return False
+        training = kwargs.get("training")
+        if training is None:
+            training = internals.call_context_training()
+        if training is None:
+            training = self._in_train_step()
+        return bool(training)
+
+    def _penalized_call(self, call, args, kwargs):
+        """`call`, recorded by the penalties; adds the forward ones."""
+        for penalty in self._penalties:
+            self.penalty_state(penalty)
+        forward = [p for p in self._penalties if p.in_forward]
+        self._step_state.in_forward = True
+        try:
+            with contextlib.ExitStack() as stack:
+                for penalty in forward:
+                    state = self.penalty_state(penalty)
+                    stack.enter_context(penalty.recording(state))
+                outputs = call(self, *args, **kwargs)
+                step = self._advance_step()
+                batch = Batch(args[0] if args else None, None, outputs)
+                values = {}
+                for penalty in forward:
+                    values[penalty.name] = self._scheduled(penalty, batch, step)
+                    self.add_loss(
+                        internals.scale_loss_for_distribution(
+                            values[penalty.name]
+                        )
+                    )
+        finally:
+            self._step_state.in_forward = False
+        self._step_state.forward = (values, step)
+        return outputs
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
+        """Keras's loss (the forward penalties are among `self.losses`),
+        plus the step penalties when `training`."""
         loss = super().compute_loss(
             x=x,
             y=y,
@@ -115,19 +213,26 @@ class PenalizedModel(keras.Model):
             sample_weight=sample_weight,
             training=training,
         )
-        if not (training and self._in_train_step()):
+        if not training:
             return loss
+        values, step = getattr(self._step_state, "forward", None) or ({}, None)
+        self._step_state.forward = None
+        if step is None:
+            step = self._advance_step()
         batch = Batch(x, y, y_pred, sample_weight)
-        due = self._due_penalties()
+        for penalty in self._penalties:
+            if not penalty.in_forward:
+                self.penalty_state(penalty)
+                value = self._scheduled(penalty, batch, step)
+                values[penalty.name] = value
+                value = internals.scale_loss_for_distribution(value)
+                loss = loss + ops.cast(value, loss.dtype)
         for penalty, tracker in zip(self._penalties, self._penalty_trackers):
-            value = self._scheduled(penalty, batch, due)
-            tracker.update_state(value)
-            # Keras divides losses by the replica count under tf.distribute.
-            value = scale_loss_for_distribution(value)
-            loss = loss + ops.cast(value, loss.dtype)
+            if penalty.name in values:
+                tracker.update_state(values[penalty.name])
         return loss
 
-    def _due_penalties(self):
+    def _advance_step(self):
         """This step's index; advances the counter of `every_n_steps`."""
         if not hasattr(self, "_penalty_step"):
             return None
@@ -186,37 +291,6 @@ class PenalizedModel(keras.Model):
             )
         return value, [scope.get_current_value(v) for v in state]
 
-    @contextlib.contextmanager
-    def penalty_scope(self):
-        """The penalties for a custom training loop.
-
-        Forward passes run inside the block are recorded (DREG's `z`);
-        the yielded function returns the sum of the weighted penalties for
-        them, to add to the loss before the backward pass. Use it where
-        `fit` is not, e.g. a torch loop around `DistributedDataParallel`.
-        `every_n_steps` applies to `fit` only: here the loop decides.
-
-        Example:
-
-        ```python
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        with model.penalty_scope() as penalty:
-            y_pred = ddp(x, training=True)
-            loss = loss_fn(y, y_pred) + penalty(x, y, y_pred)
-        loss.backward()
-        ```
-        """
-        with self._recording():
-
-            def total(x=None, y=None, y_pred=None, sample_weight=None):
-                batch = Batch(x, y, y_pred, sample_weight)
-                values = [
-                    ops.cast(p(self, batch), "float32") for p in self._penalties
-                ]
-                return ops.sum(ops.stack(values)) if values else 0.0
-
-            yield total
-
     def get_metrics_result(self):
         results = super().get_metrics_result()
         if not self._in_train_step():
@@ -233,7 +307,7 @@ class PenalizedModel(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="keras_dreg")
-class FunctionalPenalizedModel(PenalizedModel, Functional):
+class FunctionalPenalizedModel(PenalizedModel, internals.Functional):
     """`PenalizedModel(inputs, outputs, ...)` builds one of these.
 
     Functional construction gets a class of its own, so that it does not
@@ -246,6 +320,11 @@ class FunctionalPenalizedModel(PenalizedModel, Functional):
 _FUNCTIONAL_CLASSES = {PenalizedModel: FunctionalPenalizedModel}
 
 
+def _inner_built(model) -> bool:
+    wrapped = getattr(model, "wrapped", None)
+    return wrapped is not None and wrapped.built
+
+
 def register_functional_class(cls, functional_cls):
     """Declares `functional_cls` the functional form of `cls`."""
     _FUNCTIONAL_CLASSES[cls] = functional_cls
@@ -255,7 +334,7 @@ def _functional_class(cls):
     if cls not in _FUNCTIONAL_CLASSES:
         _FUNCTIONAL_CLASSES[cls] = type(
             cls.__name__,
-            (cls, Functional),
+            (cls, internals.Functional),
             {"__module__": cls.__module__, "__qualname__": cls.__qualname__},
         )
     return _FUNCTIONAL_CLASSES[cls]
@@ -277,7 +356,6 @@ class WrapperMixin:
             )
         super().__init__(**kwargs)
         self.wrapped = model
-        self._attach_penalties()
 
     def call(self, inputs, training=None):
         return self.wrapped(inputs, training=training)

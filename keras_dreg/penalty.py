@@ -208,6 +208,7 @@ def layer_penalty(
     stop_gradient_derivative: bool = False,
     second_derivative=None,
     evaluated=None,
+    input_shape=None,
 ):
     """`mean_{batch, positions} sum_j phi'(z_j)^2 ||w_j||^2` for one call.
 

@@ -70,3 +70,31 @@ def _module():
             "(KERAS_BACKEND)."
         )
     return importlib.import_module(f"keras_dreg.backend.{name}")
+
+
+def custom_gradient(forward: Callable) -> Callable:
+    """`keras.ops.custom_gradient` with one calling convention.
+
+    `forward(*args)` returns `(value, grad)`, and `grad(upstream)` the
+    gradient of each argument (`None` for those without one). Keras calls
+    the gradient function with `upstream` positionally on JAX and
+    TensorFlow and as a keyword on PyTorch; this shim hides that.
+
+    Example: `2 * x` with its gradient written out.
+
+    >>> double = custom_gradient(lambda x: (2 * x, lambda g: 2 * g))
+    >>> double(ops.ones((2,)))
+    """
+
+    @keras.ops.custom_gradient
+    def with_gradient(*args):
+        value, grad = forward(*args)
+
+        def keras_grad(*upstreams, upstream=None):
+            if upstream is None:
+                (upstream,) = upstreams
+            return grad(upstream)
+
+        return value, keras_grad
+
+    return with_gradient

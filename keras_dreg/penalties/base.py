@@ -1,10 +1,27 @@
 """The protocol every training penalty follows.
 
-A penalty is a loss term that `PenalizedModel` adds in `compute_loss`:
-it is given the model and the step's batch, and returns a scalar. A
-penalty that needs tensors from the forward pass (DREG needs each
-layer's pre-activation) records them in `recording()`, a context that
-the model keeps open around its whole training step.
+A penalty is a loss term of a `PenalizedModel`'s training loss: given
+the model and a `Batch`, it returns a scalar. Two kinds:
+
+- *Forward* penalties (`in_forward = True`: DREG, weight decay) depend
+  on the weights and on what the forward pass computes. They are added
+  during every `training=True` call of the model with `add_loss`, as
+  Keras's activity regularizers are, so every path that carries the
+  model's `losses` carries them: `fit`, a user's `train_step` calling
+  `compute_loss`, JAX `stateless_call(..., return_losses=True)` loops
+  (reading the weights passed in), TF tapes and torch loops. Their
+  `batch` has `x` (the call's inputs) and `y_pred` (its outputs), no
+  targets.
+- *Step* penalties (`in_forward = False`: the input-gradient and
+  Jacobian penalties) need the step's targets or the loss; the model
+  adds them in `compute_loss(..., training=True)`.
+
+A penalty holds no per-model state: what it finds in a model
+(DREG's layers) is returned by `bind(model)` and kept by the model
+(`model.penalty_state(penalty)`), so one instance can serve several
+models. A penalty that needs tensors from the forward pass records them
+in `recording(state)`, a context the model holds around its training
+forward pass.
 """
 
 import contextlib
@@ -74,6 +91,7 @@ class Penalty:
 
     name: str = "penalty"
     default_lam: float = 0.0
+    in_forward: bool = False
 
     def __init__(self, lam: float | None = None, every_n_steps: int = 1):
         self.lam = validate_lam(self.default_lam if lam is None else lam)
@@ -94,11 +112,15 @@ class Penalty:
         """
         return []
 
-    def attach(self, model: keras.Model) -> None:
-        """Called once the model's layers exist, before the first use."""
+    def bind(self, model: keras.Model) -> Any:
+        """What this penalty needs to know about `model`, found once the
+        model is built and before its first training step. The model
+        keeps it (`model.penalty_state(self)`); raise here for a model
+        the penalty cannot serve."""
+        return None
 
-    def recording(self) -> contextlib.AbstractContextManager:
-        """A context held open around each training step."""
+    def recording(self, state: Any) -> contextlib.AbstractContextManager:
+        """A context held open around each training forward pass."""
         return contextlib.nullcontext()
 
     def __call__(self, model: keras.Model, batch: Batch):

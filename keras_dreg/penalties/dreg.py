@@ -1,5 +1,8 @@
 """The DREG penalty as a `Penalty`: the sum of the layer terms."""
 
+import dataclasses
+import warnings
+
 import keras
 from keras import ops
 
@@ -48,6 +51,7 @@ class DREG(base.Penalty):
 
     name = "dreg"
     default_lam = DEFAULT_LAM
+    in_forward = True
 
     def __init__(
         self,
@@ -67,39 +71,42 @@ class DREG(base.Penalty):
         self.stop_gradient_derivative = bool(stop_gradient_derivative)
         self.unit_slope = bool(unit_slope)
         self.layer_weights = _validate_layer_weights(layer_weights)
-        self.capture = None
 
-    def attach(self, model: keras.Model) -> None:
-        sites = capture.find_regularized_layers(
+    def bind(self, model: keras.Model) -> "DREGState":
+        """Finds the model's sites; warns once about the nonlinear
+        activations left out (see `capture.survey`)."""
+        survey = capture.survey(
             model,
             include=self.include,
             exclude=self.exclude,
             include_linear=self.include_linear,
         )
-        self._check_sites(model, sites)
+        self._check_sites(model, survey)
+        message = survey.warning()
+        if message is not None:
+            warnings.warn(message, capture.UnregularizedWarning, stacklevel=2)
+        sites = survey.sites
         if self.unit_slope:
             sites = [capture.with_unit_slope(site) for site in sites]
         # A step that skips the penalty would evaluate phi' and phi''
         # for nothing.
-        self.capture = capture.ActivationCapture(
+        recorder = capture.ActivationCapture(
             sites, evaluate_derivatives=self.every_n_steps == 1
         )
+        return DREGState(survey, recorder)
 
-    @property
-    def sites(self) -> list[capture.RegularizedLayer]:
-        return list(self.capture.sites)
-
-    def recording(self):
-        return self.capture.recording()
+    def recording(self, state: "DREGState"):
+        return state.capture.recording()
 
     def __call__(self, model, batch):
-        terms = self.layer_terms(self.capture.records)
+        state = model.penalty_state(self)
+        terms = self.layer_terms(state, state.capture.records)
         return ops.sum(ops.stack(list(terms.values())))
 
-    def layer_terms(self, records) -> dict:
+    def layer_terms(self, state: "DREGState", records) -> dict:
         """`lam * w_l * DREG_l` for each layer, float32, from `records`."""
         terms = {}
-        for site, site_records in zip(self.capture.sites, records):
+        for site, site_records in zip(state.capture.sites, records):
             values = [
                 self._record_penalty(site, record)
                 for record in site_records
@@ -109,10 +116,10 @@ class DREG(base.Penalty):
             terms[site.name] = weight * _mean_or_zero(values)
         return terms
 
-    def mean_squared_derivatives(self, records) -> dict:
+    def mean_squared_derivatives(self, state: "DREGState", records) -> dict:
         """`mean(phi'(z)^2)` of each layer, from `records`."""
         means = {}
-        for site, site_records in zip(self.capture.sites, records):
+        for site, site_records in zip(state.capture.sites, records):
             values = [
                 ops.mean(ops.square(_slope(site, r)))
                 for r in site_records
@@ -137,16 +144,23 @@ class DREG(base.Penalty):
             stop_gradient_derivative=self.stop_gradient_derivative,
             second_derivative=site.activation.second_derivative,
             evaluated=record.derivatives,
+            input_shape=record.input_shape,
         )
 
-    def _check_sites(self, model, sites):
+    def _check_sites(self, model, survey):
+        sites = survey.sites
         if not sites:
+            left_out = "".join(
+                f"\n  - {u.layer.name} ({u.activation}): {u.reason}"
+                for u in survey.unregularized
+            )
             raise ValueError(
                 f"Model '{model.name}' has no layer DREG can regularize: "
                 "DREG needs a kernel layer (Dense, EinsumDense, Conv*, "
                 "DepthwiseConv*, SeparableConv*) followed by a nonlinear "
-                "elementwise activation. Check `include`/`exclude`, or "
-                "pass `include_linear=True` to regularize linear layers."
+                "elementwise activation (its own `activation=`, or an "
+                "activation layer fed by it alone). What it found:"
+                + (left_out or " no kernel layer at all.")
             )
         names = {site.name for site in sites}
         unknown = sorted(set(self.layer_weights) - names)
@@ -159,13 +173,24 @@ class DREG(base.Penalty):
     def get_config(self) -> dict:
         return {
             **super().get_config(),
-            "include": None if self.include is None else list(self.include),
-            "exclude": list(self.exclude),
+            "include": None
+            if self.include is None
+            else _serialized_selectors(self.include),
+            "exclude": _serialized_selectors(self.exclude),
             "include_linear": self.include_linear,
             "stop_gradient_derivative": self.stop_gradient_derivative,
             "unit_slope": self.unit_slope,
             "layer_weights": dict(self.layer_weights),
         }
+
+
+@dataclasses.dataclass
+class DREGState:
+    """What DREG keeps per model: the survey of its layers and the
+    capture that records the sites' `z` in a training forward pass."""
+
+    survey: capture.Survey
+    capture: capture.ActivationCapture
 
 
 def _slope(site, record):
@@ -184,9 +209,30 @@ def _mean_or_zero(values):
 
 
 def _selectors(selectors):
-    if isinstance(selectors, (str, type)):
+    """Layer instances, names and classes, as a list (see
+    `capture.survey`); anything else raises."""
+    if isinstance(selectors, (str, type, keras.layers.Layer)):
         selectors = [selectors]
-    return [s.__name__ if isinstance(s, type) else str(s) for s in selectors]
+    selectors = list(selectors)
+    for selector in selectors:
+        if not isinstance(selector, (str, type, keras.layers.Layer)):
+            raise TypeError(
+                "`include`/`exclude` take layer instances, layer names or "
+                f"layer classes; received {selector!r}."
+            )
+    return selectors
+
+
+def _serialized_selectors(selectors):
+    """Names in place of instances and classes, for `get_config`."""
+    return [
+        s.name
+        if isinstance(s, keras.layers.Layer)
+        else s.__name__
+        if isinstance(s, type)
+        else s
+        for s in selectors
+    ]
 
 
 def _validate_layer_weights(layer_weights):

@@ -55,10 +55,10 @@ from collections.abc import Callable
 import keras
 from keras import ops
 from keras import tree
-from keras.src.losses.loss import unscale_loss_for_distribution
 
 from keras_dreg import backend
-from keras_dreg import capture
+from keras_dreg import interception
+from keras_dreg import internals
 from keras_dreg.penalties import base
 
 DEFAULT_LAM = 1e-2
@@ -100,7 +100,7 @@ class InputGradientPenalty(base.Penalty):
         super().__init__(lam, every_n_steps)
         self.loss = _as_loss(loss)
 
-    def attach(self, model: keras.Model) -> None:
+    def bind(self, model: keras.Model) -> None:
         check_double_backprop(model, type(self).__name__)
 
     def __call__(self, model, batch):
@@ -163,7 +163,7 @@ def input_vjp(model: keras.Model, x, head: Callable):
         [v.value for v in model.trainable_variables],
         [v.value for v in model.non_trainable_variables],
     )
-    kwargs = {"training": True} if model._call_has_training_arg else {}
+    kwargs = {"training": True} if internals.calls_with_training(model) else {}
 
     def run(float_leaves, tap):
         inputs = list(leaves)
@@ -171,13 +171,11 @@ def input_vjp(model: keras.Model, x, head: Callable):
             inputs[i] = leaf
         inputs = tree.pack_sequence_as(x, inputs)
         # The state updates of this second run (and of `head`, such as
-        # loss metrics) stay in this scope and are dropped.
-        with (
-            keras.StatelessScope(),
-            _TAPS.tapping(embeddings, tap),
-            _paused_recordings(model),
-        ):
-            y_pred, _ = model.stateless_call(*values, inputs, **kwargs)
+        # loss metrics) stay in this scope and are dropped; it is not the
+        # step's own forward pass: no penalty is recorded or added.
+        with keras.StatelessScope(), _tapping(embeddings, tap):
+            with interception.paused():
+                y_pred, _ = model.stateless_call(*values, inputs, **kwargs)
             return head(y_pred)
 
     return backend.vjp(run, [leaves[i] for i in floating])
@@ -205,8 +203,8 @@ def check_double_backprop(model: keras.Model, penalty: str) -> None:
     # when it was built; `get_config` does not hold it.
     flash = [
         layer.name
-        for layer in model._flatten_layers()
-        if getattr(layer, "_flash_attention", None) is True
+        for layer in internals.nested_layers(model)
+        if internals.flash_attention(layer)
     ]
     if flash:
         raise ValueError(
@@ -218,7 +216,7 @@ def check_double_backprop(model: keras.Model, penalty: str) -> None:
         )
     fused = [
         layer.name
-        for layer in model._flatten_layers()
+        for layer in internals.nested_layers(model)
         if isinstance(layer, (keras.layers.LSTM, keras.layers.GRU))
         and layer.use_cudnn in ("auto", True)
     ]
@@ -261,12 +259,12 @@ def _summed(values, y_pred):
     # Under tf.distribute, Keras divides each replica's reduced loss by
     # the replica count; the per-example gradients must not be.
     batch_size = ops.shape(tree.flatten(y_pred)[0])[0]
-    loss = unscale_loss_for_distribution(values)
+    loss = internals.unscale_loss_for_distribution(values)
     return loss * ops.cast(batch_size, "float32")
 
 
 def _compiled_loss(model):
-    loss = getattr(model, "_compile_loss", None)
+    loss = internals.compiled_loss(model)
     if loss is None:
         raise ValueError(
             f"Model '{model.name}' has no compiled loss. The input-gradient "
@@ -286,7 +284,7 @@ def _is_float(tensor) -> bool:
 def _embedding_layers(model):
     layers = [
         layer
-        for layer in model._flatten_layers(include_self=False)
+        for layer in internals.nested_layers(model)
         if isinstance(layer, keras.layers.Embedding)
     ]
     if not layers:
@@ -300,66 +298,30 @@ def _embedding_layers(model):
     return layers
 
 
+_TAP = threading.local()
+
+
 @contextlib.contextmanager
-def _paused_recordings(model):
-    """Keeps DREG's activation capture from recording the second run."""
-    with contextlib.ExitStack() as stack:
-        for penalty in getattr(model, "penalties", ()):
-            recorder = getattr(penalty, "capture", None)
-            if isinstance(recorder, capture.ActivationCapture):
-                stack.enter_context(recorder.paused())
-        yield
-
-
-class _EmbeddingTaps:
-    """Routes what `Embedding` layers compute from integer ids through
-    this thread's `tap` while `tapping` runs.
-
-    The hooks are instance-level `call` attributes, installed once
-    whatever the number of threads tapping at the same time and removed
-    when the last one is done (as in `keras_dreg.capture`).
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users = {}
-        self._local = threading.local()
-
-    @contextlib.contextmanager
-    def tapping(self, layers, tap):
-        self._local.tap = tap
-        with self._lock:
+def _tapping(layers, tap):
+    """Routes what the `Embedding` layers `layers` compute from integer
+    ids through `tap`, in this thread, while the block runs."""
+    _TAP.tap = tap
+    try:
+        with contextlib.ExitStack() as stack:
             for layer in layers:
-                self._install(layer)
-        try:
+                stack.enter_context(
+                    interception.hooked(
+                        layer, "call", _tapped_call, pausable=False
+                    )
+                )
             yield
-        finally:
-            self._local.tap = None
-            with self._lock:
-                for layer in layers:
-                    self._release(layer)
-
-    def _install(self, layer):
-        count = self._users.get(id(layer), 0)
-        self._users[id(layer)] = count + 1
-        if count:
-            return
-        original = layer.call
-
-        def tapped_call(inputs, *args, **kwargs):
-            outputs = original(inputs, *args, **kwargs)
-            tap = getattr(self._local, "tap", None)
-            if tap is None or _is_float(inputs):
-                return outputs
-            return tap(outputs)
-
-        object.__setattr__(layer, "call", tapped_call)
-
-    def _release(self, layer):
-        self._users[id(layer)] -= 1
-        if not self._users[id(layer)]:
-            del self._users[id(layer)]
-            layer.__dict__.pop("call", None)
+    finally:
+        _TAP.tap = None
 
 
-_TAPS = _EmbeddingTaps()
+def _tapped_call(original, inputs, *args, **kwargs):
+    outputs = original(inputs, *args, **kwargs)
+    tap = getattr(_TAP, "tap", None)
+    if tap is None or _is_float(inputs):
+        return outputs
+    return tap(outputs)

@@ -90,7 +90,7 @@ class JacobianPenalty(base.Penalty):
     def seed_generators(self) -> list[keras.random.SeedGenerator]:
         return [self.seed_generator]
 
-    def attach(self, model: keras.Model) -> None:
+    def bind(self, model: keras.Model) -> None:
         input_gradient.check_double_backprop(model, type(self).__name__)
 
     def __call__(self, model, batch):
