@@ -125,9 +125,9 @@ class Unregularized:
         layer: The layer.
         activation: The activation's name.
         reason: Why, and what to do about it.
-        expected: Whether this is the normal case (an output softmax, a
-            linear layer, a layer the user excluded) rather than a gap
-            the user should hear about.
+        expected: Whether this is the normal case (a linear layer, a
+            layer the user excluded) rather than something the user
+            should hear about once.
     """
 
     layer: keras.layers.Layer
@@ -277,13 +277,10 @@ def _own_activation_site(layer, include_linear):
             "is not diagonal), so the closed form does not apply; "
             "expected for an output softmax"
         )
-        return None, Unregularized(layer, info.name, reason, expected=True)
+        return None, Unregularized(layer, info.name, reason)
     if include_linear:
         return with_unit_slope(site), None
-    reason = (
-        "linear (no activation follows it); pass include_linear=True to "
-        "regularize ||W||_F^2 per position"
-    )
+    reason = "linear (include_linear=True adds ||W||^2 per position)"
     return None, Unregularized(layer, "linear", reason, expected=True)
 
 
@@ -297,7 +294,7 @@ def _activation_layer_site(layer):
             "not elementwise (its Jacobian is not diagonal); expected for "
             "an output softmax"
         )
-        return None, Unregularized(layer, info.name, reason, expected=True)
+        return None, Unregularized(layer, info.name, reason)
     if not internals.is_in_graph(layer):
         reason = (
             "used outside a layer graph (in a subclassed model's or a "

@@ -109,6 +109,15 @@ class PenalizedModel(keras.Model):
         self._step_state = threading.local()
         # Not tracked by Keras: what the penalties found in this model.
         object.__setattr__(self, "_penalty_states", None)
+        if isinstance(self, internals.Functional):
+            self._bind_if_built()
+
+    def _bind_if_built(self):
+        """Binds the penalties now if the layer graph exists (errors and
+        the warning about unregularized layers come at construction);
+        else the first training call binds them."""
+        if self._penalties and (self.built or _inner_built(self)):
+            self.penalty_state(self._penalties[0])
 
     @property
     def penalties(self) -> list[Penalty]:
@@ -191,11 +200,12 @@ class PenalizedModel(keras.Model):
                 values = {}
                 for penalty in forward:
                     values[penalty.name] = self._scheduled(penalty, batch, step)
-                    self.add_loss(
-                        internals.scale_loss_for_distribution(
-                            values[penalty.name]
-                        )
+                    value = internals.scale_loss_for_distribution(
+                        values[penalty.name]
                     )
+                    # `Functional.add_loss` is symbolic-only (it raises);
+                    # the layer's own works in every form of the model.
+                    keras.layers.Layer.add_loss(self, value)
         finally:
             self._step_state.in_forward = False
         self._step_state.forward = (values, step)
@@ -356,6 +366,7 @@ class WrapperMixin:
             )
         super().__init__(**kwargs)
         self.wrapped = model
+        self._bind_if_built()
 
     def call(self, inputs, training=None):
         return self.wrapped(inputs, training=training)

@@ -23,11 +23,14 @@ import inspect
 
 import keras
 from keras import ops
-from keras.src.models.functional import Functional
 
 from keras_dreg import model as dreg_model
+from keras_dreg.internals import Functional
+from keras_dreg.penalized_model import PenalizedModel
 from keras_dreg.penalized_model import PenalizedWrapper
+from keras_dreg.penalized_model import WrapperMixin
 from keras_dreg.penalties.dreg import DEFAULT_LAM as DREG_LAM
+from keras_dreg.penalties.dreg import DREG
 from keras_dreg.penalties.input_gradient import InputGradientPenalty
 from keras_dreg.penalties.jacobian import JacobianPenalty
 from keras_dreg.penalties.weight_decay import WeightDecay
@@ -75,11 +78,17 @@ def regularize(
             `"dreg"`, and `power_iterations` for `"spectral_norm"`.
 
     Returns:
-        A `keras_dreg.PenalizedModel`, to compile and fit.
+        A `keras_dreg.PenalizedModel`, to compile and fit. Given a model
+        that `regularize` or `keras_dreg.wrap` made, the new regularizer
+        is added beside the ones it has (DREG + weight decay is a normal
+        combination); nothing is dropped.
 
     Raises:
         ValueError: for an unknown `name` (the message lists the valid
-            ones) or a subclassed model with `"spectral_norm"`.
+            ones), a subclassed model with `"spectral_norm"`, a
+            regularizer the model has already, or a functional or
+            subclassed `PenalizedModel` (give it all its penalties at
+            once instead).
         TypeError: for an option the regularizer does not have.
 
     Example: the study's six runs.
@@ -96,6 +105,8 @@ def regularize(
         )
     if name in ("none", "spectral_norm") and lam is not None:
         raise TypeError(f"Regularizer {name!r} has no strength `lam`.")
+    if isinstance(model, PenalizedModel):
+        return _add_to_penalized(model, name, lam, options)
     if name == "none":
         _check_options(name, options, ())
         return PenalizedWrapper(model, penalties=[])
@@ -114,6 +125,35 @@ def regularize(
     penalty_class = PENALTIES[name]
     _check_options(name, options, _parameters(penalty_class))
     return PenalizedWrapper(model, penalties=[penalty_class(lam, **options)])
+
+
+def _add_to_penalized(model, name, lam, options):
+    """`model`'s wrapped model with its penalties and `name`'s."""
+    if not isinstance(model, WrapperMixin):
+        raise ValueError(
+            f"Model '{model.name}' is a {type(model).__name__} with the "
+            f"penalties {model.penalties} built in; `regularize` can add "
+            f"{name!r} only to a model that `regularize` or "
+            "`keras_dreg.wrap` made. Pass every penalty when you build "
+            "it: `penalties=[...]` (e.g. `DREGRegularizedModel(inputs, "
+            "outputs, penalties=[keras_dreg.penalties.WeightDecay()])`)."
+        )
+    combined = regularize(model.wrapped, name, lam, **options)
+    penalties = model.penalties + combined.penalties
+    names = [p.name for p in penalties]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"Model '{model.name}' already has the regularizer {name!r} "
+            f"(its penalties: {model.penalties}). Set its strength when "
+            "you first add it."
+        )
+    dreg = [p for p in penalties if isinstance(p, DREG)]
+    others = [p for p in penalties if not isinstance(p, DREG)]
+    if dreg:
+        return dreg_model.wrap(
+            combined.wrapped, **dreg[0].get_config(), penalties=others
+        )
+    return PenalizedWrapper(combined.wrapped, penalties=others)
 
 
 def spectral_normalized(
