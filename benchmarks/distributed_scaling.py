@@ -148,9 +148,8 @@ def torch_times(rank, world_size):
 def torch_step(model, ddp, optimizer, x, y):
     """One step of the loop in `examples/distributed/torch_ddp.py`."""
     optimizer.zero_grad()
-    with model.penalty_scope() as penalty:
-        y_pred = ddp(x, training=True)
-        loss = LOSS(y, y_pred) + penalty(x, y, y_pred)
+    y_pred = ddp(x, training=True)
+    loss = model.compute_loss(x, y, y_pred)
     loss.backward()
     optimizer.step()
 

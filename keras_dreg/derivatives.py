@@ -71,7 +71,9 @@ is `a`, the slope below 0.
 Other callables use the derivative registered for them with
 `register_derivative`, or else autodiff: `keras.ops.jvp` with a tangent of
 ones, which equals `phi'(z)` only for elementwise functions, with a one-time
-warning. The JVP is itself differentiable on the TensorFlow, JAX and
+warning. A probe of the Jacobian on a small input checks that first: a
+function that mixes units (`tanh(x - mean(x))`) is `"non_elementwise"`,
+so DREG leaves its layer out and says so, instead of a wrong value. The JVP is itself differentiable on the TensorFlow, JAX and
 PyTorch backends, so gradients flow through the fallback too.
 """
 
@@ -665,19 +667,49 @@ def _describe_layer(layer):
 
 def _describe_unknown(fn):
     name = _callable_name(fn)
+    if not _is_elementwise(fn):
+        return ActivationInfo(f"{name} (mixes units)", _NON_ELEMENTWISE, None)
     if id(fn) not in _WARNED:
         _WARNED[id(fn)] = fn
         warnings.warn(
             f"The activation `{name}` has no registered closed-form "
-            "derivative. DREG falls back to autodiff (`keras.ops.jvp`), "
-            "which is correct only if the activation is elementwise. To "
-            "silence this warning, register its derivative with "
+            "derivative. DREG falls back to autodiff (`keras.ops.jvp`); a "
+            "probe of its Jacobian found it elementwise. To silence this "
+            "warning, register its derivative with "
             "`keras_dreg.register_derivative(fn, derivative)`.",
             UserWarning,
             stacklevel=3,
         )
     derivative = functools.partial(_autodiff_derivative, fn)
     return ActivationInfo(f"{name} (autodiff)", _ELEMENTWISE, derivative)
+
+
+_PROBE = [[-1.7, -0.4, 0.3, 1.1], [0.9, -1.2, 2.1, -0.1]]
+
+
+def _is_elementwise(fn) -> bool:
+    """Probes the Jacobian of `fn` at a small input (2 x 4 units):
+    elementwise iff each output unit moves with its own input only.
+
+    A function that fails on the probe, or changes its shape, is not
+    elementwise.
+    """
+    x = ops.convert_to_tensor(_PROBE, "float32")
+    units = x.shape[-1]
+    try:
+        for unit in range(units):
+            tangent = ops.broadcast_to(
+                ops.one_hot(unit, units, dtype="float32"), x.shape
+            )
+            _, moved = ops.jvp(fn, (x,), (tangent,))
+            if tuple(moved.shape) != tuple(x.shape):
+                return False
+            elsewhere = ops.abs(ops.cast(moved, "float32") * (1 - tangent))
+            if float(ops.convert_to_numpy(ops.max(elsewhere))) > 1e-6:
+                return False
+    except Exception:  # noqa: BLE001 - any failure means "not elementwise"
+        return False
+    return True
 
 
 def _autodiff_derivative(fn, x):

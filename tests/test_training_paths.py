@@ -311,3 +311,18 @@ def test_one_penalty_object_serves_two_models():
     assert [s.name for s in second.penalty_state(dreg).capture.sites] == [
         "other"
     ]
+
+
+def test_activation_that_mixes_units_is_refused_and_named():
+    def mixing(x):
+        return ops.tanh(x - ops.mean(x, axis=-1, keepdims=True))
+
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(5, activation=mixing, name="mixer")(inputs)
+    x = keras.layers.Dense(5, activation="gelu", name="kept")(x)
+    base = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.warns(keras_dreg.UnregularizedWarning, match="mixer"):
+        model = keras_dreg.wrap(base)
+    assert [s.name for s in model.dreg_layers] == ["kept"]
+    info = keras_dreg.derivatives.describe_activation(mixing)
+    assert info.kind == "non_elementwise"

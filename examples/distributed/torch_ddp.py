@@ -2,12 +2,13 @@
 
 Keras 3's `fit` has no DDP of its own. Compile the model (the
 input-gradient penalty differentiates the compiled loss), wrap it in
-`DistributedDataParallel` and add the penalties from
-`model.penalty_scope()`, which records the forward pass run inside it:
+`DistributedDataParallel` and take the loss from `model.compute_loss`:
+the training forward pass adds DREG and weight decay to `model.losses`,
+and `compute_loss` adds those and the step penalties (IGPen, Jacobian)
+to the compiled loss:
 
-    with model.penalty_scope() as penalty:
-        y_pred = ddp(x, training=True)
-        loss = loss_fn(y, y_pred) + penalty(x, y, y_pred)
+    y_pred = ddp(x, training=True)
+    loss = model.compute_loss(x, y, y_pred)
     loss.backward()
 
 This works for every penalty-based regularizer (DREG, weight decay,
@@ -58,10 +59,9 @@ def train(model, forward, x, y, steps, rank=0, world_size=1) -> dict:
         xb = torch.as_tensor(x[start : start + shard])
         yb = torch.as_tensor(y[start : start + shard])
         optimizer.zero_grad()
-        with model.penalty_scope() as penalty:
-            y_pred = forward(xb, training=True)
-            value = penalty(xb, yb, y_pred)
-            loss = LOSS(yb, y_pred) + value
+        y_pred = forward(xb, training=True)
+        loss = model.compute_loss(xb, yb, y_pred)
+        value = loss - LOSS(yb, y_pred)
         loss.backward()  # Under DDP: the mean of the processes' gradients.
         gradients.extend(_gradients(model))
         optimizer.step()
