@@ -126,8 +126,8 @@ class Unregularized:
         activation: The activation's name.
         reason: Why, and what to do about it.
         expected: Whether this is the normal case (a linear layer, a
-            layer the user excluded) rather than something the user
-            should hear about once.
+            softmax layer, a layer the user excluded) rather than
+            something the user should hear about once.
     """
 
     layer: keras.layers.Layer
@@ -161,7 +161,19 @@ class Survey:
 
 
 class UnregularizedWarning(UserWarning):
-    """A nonlinear activation of the model is not regularized by DREG."""
+    """A nonlinear activation of the model is not regularized by DREG.
+
+    Issued once, when DREG surveys a model, naming each such layer and
+    why; `model.dreg_summary()` lists every layer.
+
+    Example:
+
+    ```python
+    import warnings
+
+    warnings.simplefilter("ignore", keras_dreg.UnregularizedWarning)
+    ```
+    """
 
 
 def find_regularized_layers(
@@ -292,9 +304,9 @@ def _activation_layer_site(layer):
     if info.kind == "non_elementwise":
         reason = (
             "not elementwise (its Jacobian is not diagonal); expected for "
-            "an output softmax"
+            "an output or attention softmax"
         )
-        return None, Unregularized(layer, info.name, reason)
+        return None, Unregularized(layer, info.name, reason, expected=True)
     if not internals.is_in_graph(layer):
         reason = (
             "used outside a layer graph (in a subclassed model's or a "

@@ -73,8 +73,9 @@ Other callables use the derivative registered for them with
 ones, which equals `phi'(z)` only for elementwise functions, with a one-time
 warning. A probe of the Jacobian on a small input checks that first: a
 function that mixes units (`tanh(x - mean(x))`) is `"non_elementwise"`,
-so DREG leaves its layer out and says so, instead of a wrong value. The JVP is itself differentiable on the TensorFlow, JAX and
-PyTorch backends, so gradients flow through the fallback too.
+so DREG leaves its layer out and says so, instead of a wrong value.
+The JVP is itself differentiable on the TensorFlow, JAX and PyTorch
+backends, so gradients flow through the fallback too.
 """
 
 import functools

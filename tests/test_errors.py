@@ -114,7 +114,7 @@ def test_activation_layer_in_subclassed_model_warns():
 
     model = Net()
     model(np.zeros((1, 4), "float32"))
-    with pytest.warns(UserWarning, match="cannot tell which kernel layer"):
+    with pytest.warns(UserWarning, match="outside a layer graph"):
         sites = model.dreg_layers
     assert [s.layer for s in sites] == [model.hidden]
 

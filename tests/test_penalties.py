@@ -21,6 +21,7 @@ import pytest
 
 import keras_dreg
 from keras_dreg import capture
+from keras_dreg import interception
 from keras_dreg.penalties import Batch
 from keras_dreg.penalties import InputGradientPenalty
 from keras_dreg.penalties import JacobianPenalty
@@ -359,9 +360,8 @@ def test_paused_capture_records_nothing():
     x = np.ones((2, 5), "float32")
     with recorder.recording() as records:
         model(x, training=True)
-        with recorder.paused():
+        with interception.paused():
             model(x, training=True)
-            assert recorder.records is None
         model(x, training=True)
         assert [len(site_records) for site_records in records] == [2, 2]
 
