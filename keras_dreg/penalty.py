@@ -259,7 +259,7 @@ def _spatial_shape(layer, input_shape):
         raise ValueError(
             f"Layer '{layer.name}' ({type(layer).__name__}, "
             f"padding='{layer.padding}'): its DREG term needs the spatial "
-            f"sizes of its input, got input shape {input_shape}."
+            f"sizes of its input in `input_shape`, got {input_shape}."
         )
     return tuple(int(size) for size in spatial)
 
@@ -412,9 +412,9 @@ def layer_penalty(
     """
     z = ops.cast(pre_activation, "float32")
     if needs_input_shape(layer):
-        norms = position_weight_norms(layer, input_shape)
-        positions = math.prod(norms.shape) // norms.shape[unit_axis(layer)]
-        norms = ops.expand_dims(norms / positions, 0)
+        norms = ops.expand_dims(position_weight_norms(layer, input_shape), 0)
+        units = norms.shape[unit_axis(layer)]
+        norms = norms / (math.prod(norms.shape) // units)  # positions
         axes = (0,)
     else:
         norms = unit_weight_norms(layer)
