@@ -210,8 +210,11 @@ def position_weight_norms(
         data_format="channels_last",
     )
     if isinstance(layer, TRANSPOSE_LAYERS):
+        # Two identical images: with one, PyTorch's (2.13, CPU) gradient
+        # of `conv_transpose` w.r.t. the kernel fails ("grad_weight needs
+        # to be contiguous").
         norms = ops.conv_transpose(
-            ones,
+            ops.concatenate([ones, ones]),
             ops.expand_dims(taps, -1),
             padding=layer.padding,
             output_padding=layer.output_padding,

@@ -326,11 +326,6 @@ POSITION_CASES = {
 ACTIVATIONS = ("gelu", "tanh", "silu", "softplus", "sigmoid")
 
 
-def _skip_unsupported(case):
-    if "channels_first" in case and keras.backend.backend() == "tensorflow":
-        pytest.skip("TensorFlow's CPU convolutions support channels_last only")
-
-
 def _position_case(case):
     """The layer (no activation), an activation's name and a batch."""
     make_layer, shape = POSITION_CASES[case]
@@ -351,7 +346,6 @@ def _positions(layer, z):
 def test_padded_and_transposed_convs_equal_autodiff_jacobian_norm(
     case, closed_form
 ):
-    _skip_unsupported(case)
     layer, activation, x = _position_case(case)
     info = describe_activation(activation)
     assert penalty.needs_input_shape(layer)
