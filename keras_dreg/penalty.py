@@ -8,25 +8,41 @@ computes `z = h W + b`, `a = phi(z)`. Its Jacobian is
 
 where `w_j` is the weight vector of unit `j` (its receptive field). For
 layers applied at many positions (convolutions, `Dense` on sequences,
-`EinsumDense`) the same sum over units is taken at every position and
-averaged over batch and positions:
+`EinsumDense`) the same sum over units is taken at every position `p`
+and averaged over batch and positions:
 
-    DREG_layer(x) = mean_{batch, positions} sum_j phi'(z_j)^2 ||w_j||^2
+    DREG_layer(x) = mean_{batch, p} sum_j phi'(z_pj)^2 N[p, j]
 
-For `Dense` this is the batch mean of the squared Frobenius norm of the
-layer Jacobian; for a convolution with `padding="valid"` it is that norm
-divided by the number of output positions.
+`N[p, j]` is the squared norm of the weights that output `(p, j)`
+actually reads: the kernel taps that land inside the input at `p`. A
+tap that lands on padding (`"same"`, `"causal"`, the borders and stride
+gaps of a transposed convolution) contributes nothing. With it, the
+layer term is exactly `||J||_F^2 / (number of output positions)` for
+every convolution, any padding, stride and dilation, transposed or not
+(and `||J||_F^2` itself for `Dense`).
+
+- Where every output position reads every tap (`Dense`, `EinsumDense`,
+  convolutions with `padding="valid"`, 1-tap kernels), `N[p, j] =
+  ||w_j||^2` is one norm per unit (`unit_weight_norms`), and
+  `phi'(z)^2` is first averaged over batch and positions.
+- Elsewhere (`needs_input_shape(layer)`), `N` is one small convolution
+  of a ones-image with the per-tap squared kernel norms
+  (`position_weight_norms`), and `phi'(z)^2` is averaged over the batch
+  only.
 
 When a `BatchNormalization` stands between the kernel layer and the
 activation, unit `j` is further multiplied by the normalization's scale
 `gamma_j / sqrt(var_j + eps)` (batch variance in training), so
-`||w_j||^2` becomes `(gamma_j^2 / (var_j + eps)) * ||w_j||^2`. The
+`N[p, j]` becomes `(gamma_j^2 / (var_j + eps)) * N[p, j]`. The
 dependence of the batch statistics on `h` is ignored.
 
 No second backward pass is needed: `phi'` has a closed form (see
-`keras_dreg.derivatives`), and gradients flow through both `W` and
-`phi'(z)`. Everything is computed in float32, also under mixed precision.
+`keras_dreg.derivatives`), and gradients flow through both `W` (also
+through `N`, built from ops on the kernel) and `phi'(z)`. Everything is
+computed in float32, also under mixed precision.
 """
+
+import math
 
 import keras
 from keras import layers
@@ -71,6 +87,11 @@ def unit_axis(layer: keras.layers.Layer) -> int:
 def unit_weight_norms(layer: keras.layers.Layer) -> keras.KerasTensor:
     """Squared norms `||w_j||^2` of each unit's weights, in float32.
 
+    Exact per-position weights `N[p, j]` wherever every output position
+    reads every kernel tap (`needs_input_shape(layer)` is False); for
+    the other convolutions they are the norms of a whole receptive
+    field, and the penalty uses `position_weight_norms` instead.
+
     The result broadcasts against the layer's output `z`: shape
     `(units,)` for channels-last layers, `(channels, 1, ..., 1)` for
     channels-first convolutions, and one axis per output letter of an
@@ -78,9 +99,10 @@ def unit_weight_norms(layer: keras.layers.Layer) -> keras.KerasTensor:
 
     - `Dense`, `Conv*`: kernel `(..., fan_in, units)`, sum over all but
       the last axis.
-    - `Conv*Transpose`: kernel `(*k, units, fan_in)`; each output position
-      sees `1/prod(strides)` of the taps on average, so the sum is divided
-      by `prod(strides)` (exact for `strides=1`).
+    - `Conv*Transpose`: kernel `(*k, units, fan_in)`; an interior output
+      position sees `1/prod(strides)` of the taps on average, so the sum
+      is divided by `prod(strides)`. Border positions see fewer: the
+      penalty uses `position_weight_norms` for these layers.
     - `DepthwiseConv*`: kernel `(*k, channels, multiplier)`; output
       channel `c * multiplier + m` sees `kernel[..., c, m]`.
     - `SeparableConv*`: the effective kernel of output `f` is
@@ -118,6 +140,133 @@ def unit_weight_norms(layer: keras.layers.Layer) -> keras.KerasTensor:
     return norms
 
 
+def needs_input_shape(layer: keras.layers.Layer) -> bool:
+    """Whether `layer`'s weight norms vary with the output position.
+
+    True for the convolutions where some output position reads fewer
+    kernel taps than another, because a tap lands on padding: every
+    `Conv*Transpose`, and `Conv*`, `DepthwiseConv*`, `SeparableConv*`
+    with `padding="same"` or `"causal"` and a kernel of more than one
+    tap. `layer_penalty` needs the shape of their input
+    (`position_weight_norms`); everywhere else one norm per unit is
+    exact.
+
+    Example:
+
+    >>> needs_input_shape(keras.layers.Conv2D(4, 3, padding="same"))
+    True
+    >>> needs_input_shape(keras.layers.Conv2D(4, 3))
+    False
+    """
+    if isinstance(layer, TRANSPOSE_LAYERS):
+        return True
+    if not isinstance(layer, CONV_LAYERS + DEPTHWISE_LAYERS + SEPARABLE_LAYERS):
+        return False
+    return layer.padding != "valid" and any(k > 1 for k in layer.kernel_size)
+
+
+def position_weight_norms(
+    layer: keras.layers.Layer, input_shape
+) -> keras.KerasTensor:
+    """`N[p, j]`: the squared norm of the weights output `(p, j)` reads.
+
+        N[p, j] = sum_{taps k inside the input at p} T[k, j],
+        T[k, j] = sum_c W[k, c, j]^2
+
+    `T` holds the per-tap squared norms of unit `j` (summed over input
+    channels). `N` is the layer's own convolution, with its strides,
+    padding, dilation (and output padding), of a ones-image of the
+    input's spatial shape (batch 1, one channel) with kernel `T`: a tap
+    on padding reads a zero. For a transposed convolution it is the
+    transposed convolution of that image with kernel `(*k, units, 1)`;
+    for `"causal"` padding the image is padded on the left, as `Conv1D`
+    pads its input. `N` is built from ops on the kernel, so gradients
+    flow to it.
+
+    Args:
+        layer: A convolution (`Conv*`, `Conv*Transpose`,
+            `DepthwiseConv*`, `SeparableConv*`).
+        input_shape: The shape of the layer's input at that call; the
+            batch size may be `None`, the spatial sizes may not.
+
+    Returns:
+        A float32 tensor shaped like one sample of the layer's output:
+        `(*spatial, units)`, or `(units, *spatial)` for channels-first
+        layers.
+
+    Example:
+
+    >>> layer = keras.layers.Conv1D(1, 3, padding="same", use_bias=False)
+    >>> layer.build((None, 4, 1))
+    >>> layer.kernel.assign(np.ones((3, 1, 1)))
+    >>> position_weight_norms(layer, (None, 4, 1))[:, 0]
+    array([2., 3., 3., 2.], dtype=float32)
+    """
+    ones = ops.ones((1,) + _spatial_shape(layer, input_shape) + (1,))
+    taps = _tap_norms(layer)
+    options = dict(
+        strides=list(layer.strides),
+        dilation_rate=layer.dilation_rate,
+        data_format="channels_last",
+    )
+    if isinstance(layer, TRANSPOSE_LAYERS):
+        # Two identical images: with one, PyTorch's (2.13, CPU) gradient
+        # of `conv_transpose` w.r.t. the kernel fails ("grad_weight needs
+        # to be contiguous").
+        norms = ops.conv_transpose(
+            ops.concatenate([ones, ones]),
+            ops.expand_dims(taps, -1),
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            **options,
+        )
+    else:
+        padding = layer.padding
+        if padding == "causal":
+            left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+            ones = ops.pad(ones, [[0, 0], [left, 0], [0, 0]])
+            padding = "valid"
+        norms = ops.conv(
+            ones, ops.expand_dims(taps, -2), padding=padding, **options
+        )
+    norms = norms[0]
+    if unit_axis(layer) == 1:
+        norms = ops.moveaxis(norms, -1, 0)
+    return norms
+
+
+def _tap_norms(layer):
+    """`T[k, j]`, shape `(*k, units)`: unit `j`'s squared norm at tap `k`."""
+    if isinstance(layer, SEPARABLE_LAYERS):
+        return ops.sum(ops.square(_separable_kernel(layer)), axis=-2)
+    kernel = ops.cast(layer.kernel, "float32")
+    if isinstance(layer, DEPTHWISE_LAYERS):
+        return ops.reshape(ops.square(kernel), tuple(kernel.shape[:-2]) + (-1,))
+    if isinstance(layer, TRANSPOSE_LAYERS):
+        return ops.sum(ops.square(kernel), axis=-1)
+    return ops.sum(ops.square(kernel), axis=-2)
+
+
+def _spatial_shape(layer, input_shape):
+    shape = tuple(input_shape) if input_shape is not None else None
+    if shape is None or len(shape) != layer.rank + 2:
+        raise ValueError(
+            f"Layer '{layer.name}' ({type(layer).__name__}, "
+            f"padding='{layer.padding}'): its weight norms depend on the "
+            "output position, so its DREG term needs `input_shape`, the "
+            f"shape of its input at that call (rank {layer.rank + 2}); "
+            f"got {input_shape}."
+        )
+    spatial = shape[2:] if unit_axis(layer) == 1 else shape[1:-1]
+    if any(size is None for size in spatial):
+        raise ValueError(
+            f"Layer '{layer.name}' ({type(layer).__name__}, "
+            f"padding='{layer.padding}'): its DREG term needs the spatial "
+            f"sizes of its input in `input_shape`, got {input_shape}."
+        )
+    return tuple(int(size) for size in spatial)
+
+
 def squared_column_norms(kernel) -> keras.KerasTensor:
     """`sum(kernel**2)` over all axes but the last, in float32.
 
@@ -147,12 +296,17 @@ def squared_column_norms(kernel) -> keras.KerasTensor:
 
 
 def _separable_norms(layer):
+    effective = _separable_kernel(layer)
+    return ops.sum(ops.square(effective), axis=tuple(range(effective.ndim - 1)))
+
+
+def _separable_kernel(layer):
+    """`E[k, c, f] = sum_m depthwise[k, c, m] pointwise[c * M + m, f]`."""
     depthwise = ops.cast(layer.depthwise_kernel, "float32")
     pointwise = ops.cast(layer.pointwise_kernel, "float32")
     channels, multiplier = depthwise.shape[-2], depthwise.shape[-1]
     pointwise = ops.reshape(pointwise, (channels, multiplier, -1))
-    effective = ops.einsum("...cm,cmf->...cf", depthwise, pointwise)
-    return ops.sum(ops.square(effective), axis=tuple(range(effective.ndim - 1)))
+    return ops.einsum("...cm,cmf->...cf", depthwise, pointwise)
 
 
 def _einsum_norms(layer):
@@ -210,11 +364,19 @@ def layer_penalty(
     evaluated=None,
     input_shape=None,
 ):
-    """`mean_{batch, positions} sum_j phi'(z_j)^2 ||w_j||^2` for one call.
+    """`mean_{batch, p} sum_j phi'(z_pj)^2 N[p, j]` for one call.
 
-    Computed as `sum_j ||w_j||^2 mean_{batch, positions} phi'(z_j)^2`:
-    `phi'(z)^2` is reduced to one value per unit first, so the weighting
-    runs at the size of the kernel, not of the activations.
+    `N[p, j]` is the squared norm of the weights output `(p, j)` reads
+    (see the module docstring), so for a convolution the result is
+    `||J||_F^2 / (number of output positions)`, batch-mean.
+
+    - Where `N[p, j] = ||w_j||^2` for every `p` (`needs_input_shape` is
+      False): computed as `sum_j ||w_j||^2 mean_{batch, p} phi'(z_pj)^2`,
+      `phi'(z)^2` reduced to one value per unit first, so the weighting
+      runs at the size of the kernel, not of the activations.
+    - Elsewhere: `sum_{p, j} N[p, j] mean_batch phi'(z_pj)^2 / P`, `P`
+      the number of output positions and `N` from
+      `position_weight_norms(layer, input_shape)`.
 
     Args:
         layer: The kernel layer.
@@ -231,15 +393,37 @@ def layer_penalty(
         evaluated: Optional `(phi'(z), phi''(z))`, float32, already
             evaluated (by the training step's forward pass, see
             `keras_dreg.capture`); used instead of evaluating them again.
+        input_shape: The shape of the layer's input at that call (the
+            batch size may be `None`). Required where
+            `needs_input_shape(layer)`; ignored elsewhere.
 
     Returns:
         A float32 scalar.
+
+    Raises:
+        ValueError: `input_shape` is missing (or lacks spatial sizes)
+            for a layer that needs it.
+
+    Example:
+
+    >>> layer = keras.layers.Conv1D(2, 3, padding="same")
+    >>> x = np.ones((4, 5, 3), "float32")
+    >>> z = layer(x)
+    >>> term = layer_penalty(
+    ...     layer, z, lambda t: 1.0 - ops.tanh(t) ** 2, input_shape=x.shape
+    ... )
     """
     z = ops.cast(pre_activation, "float32")
-    norms = unit_weight_norms(layer)
-    unit_shape = (1,) * (z.ndim - norms.ndim) + tuple(norms.shape)
-    norms = ops.reshape(norms, unit_shape)
-    axes = tuple(i for i, size in enumerate(unit_shape) if size == 1)
+    if needs_input_shape(layer):
+        norms = ops.expand_dims(position_weight_norms(layer, input_shape), 0)
+        units = norms.shape[unit_axis(layer)]
+        norms = norms / (math.prod(norms.shape) // units)  # positions
+        axes = (0,)
+    else:
+        norms = unit_weight_norms(layer)
+        unit_shape = (1,) * (z.ndim - norms.ndim) + tuple(norms.shape)
+        norms = ops.reshape(norms, unit_shape)
+        axes = tuple(i for i, size in enumerate(unit_shape) if size == 1)
     if evaluated is None and second_derivative and not stop_gradient_derivative:
         constant_z = ops.stop_gradient(z)
         evaluated = (derivative(constant_z), second_derivative(constant_z))

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import keras_dreg
+from keras_dreg import penalty
+from keras_dreg.derivatives import describe_activation
 from tests import autodiff
 
 LAM = 0.5
@@ -166,21 +168,6 @@ def test_dense_then_activation_layer():
     np.testing.assert_allclose(_dreg_of(model, dense.name, x), expected, 1e-5)
 
 
-def test_conv_transpose_linear_stride_one():
-    """For a transposed convolution with stride 1 and identity
-    activation, every input position reaches every kernel tap, so the
-    penalty equals ||J||_F^2 divided by the number of input positions."""
-    layer = keras.layers.Conv2DTranspose(2, 3)
-    inputs = keras.Input((3, 3, 2))
-    outputs = keras.layers.Dense(1)(keras.layers.Flatten()(layer(inputs)))
-    model = keras_dreg.DREGRegularizedModel(
-        inputs, outputs, lam=LAM, include=[layer.name], include_linear=True
-    )
-    x = _batch((3, 3, 2))
-    expected = LAM * _jacobian_norm(layer, x) / 9
-    np.testing.assert_allclose(_dreg_of(model, layer.name, x), expected, 1e-5)
-
-
 def test_stop_gradient_derivative_keeps_the_value():
     inputs = keras.Input((3,))
     outputs = keras.layers.Dense(4, activation="gelu")(inputs)
@@ -198,3 +185,360 @@ def test_stop_gradient_derivative_keeps_the_value():
     # The bias only reaches the penalty through phi'(z).
     np.testing.assert_allclose(grads[1], 0.0, atol=1e-12)
     assert np.abs(full_grads[1]).max() > 1e-4
+
+
+# Convolutions whose taps land on padding at some output positions:
+# called directly with `input_shape`, the layer term must still be
+# ||J||_F^2 / (number of output positions), batch-mean.
+L = keras.layers
+POSITION_CASES = {
+    # name: (layer factory, input shape, activation)
+    "conv1d_same_odd": (lambda: L.Conv1D(3, 3, padding="same"), (7, 2)),
+    "conv1d_same_even_stride2": (
+        lambda: L.Conv1D(3, 4, strides=2, padding="same"),
+        (7, 2),
+    ),
+    "conv1d_same_dilation2": (
+        lambda: L.Conv1D(3, 3, padding="same", dilation_rate=2),
+        (7, 2),
+    ),
+    "conv1d_causal": (lambda: L.Conv1D(3, 3, padding="causal"), (6, 2)),
+    "conv1d_causal_dilation2": (
+        lambda: L.Conv1D(3, 2, padding="causal", dilation_rate=2),
+        (7, 2),
+    ),
+    "conv2d_same_odd": (lambda: L.Conv2D(3, 3, padding="same"), (5, 5, 2)),
+    "conv2d_same_even": (lambda: L.Conv2D(3, 2, padding="same"), (5, 4, 2)),
+    "conv2d_same_stride2": (
+        lambda: L.Conv2D(3, 3, strides=2, padding="same"),
+        (6, 5, 2),
+    ),
+    "conv2d_same_even_stride2": (
+        lambda: L.Conv2D(3, (2, 4), strides=2, padding="same"),
+        (5, 6, 2),
+    ),
+    "conv2d_same_dilation2": (
+        lambda: L.Conv2D(2, 3, padding="same", dilation_rate=2),
+        (6, 6, 2),
+    ),
+    "conv2d_same_groups": (
+        lambda: L.Conv2D(4, 3, padding="same", groups=2),
+        (5, 5, 2),
+    ),
+    "conv3d_same": (lambda: L.Conv3D(2, 3, padding="same"), (3, 4, 3, 1)),
+    "conv3d_same_even_stride2": (
+        lambda: L.Conv3D(2, 2, strides=2, padding="same"),
+        (3, 3, 4, 1),
+    ),
+    "conv1d_transpose_valid": (lambda: L.Conv1DTranspose(3, 3), (4, 2)),
+    "conv1d_transpose_stride2_same": (
+        lambda: L.Conv1DTranspose(3, 3, strides=2, padding="same"),
+        (4, 2),
+    ),
+    "conv1d_transpose_stride2_valid": (
+        lambda: L.Conv1DTranspose(3, 2, strides=2),
+        (4, 2),
+    ),
+    "conv1d_transpose_output_padding": (
+        lambda: L.Conv1DTranspose(3, 3, strides=2, output_padding=1),
+        (4, 2),
+    ),
+    "conv1d_transpose_dilation2": (
+        lambda: L.Conv1DTranspose(2, 3, dilation_rate=2),
+        (4, 2),
+    ),
+    "conv2d_transpose_valid": (lambda: L.Conv2DTranspose(2, 3), (3, 3, 2)),
+    "conv2d_transpose_stride2_same": (
+        lambda: L.Conv2DTranspose(2, 3, strides=2, padding="same"),
+        (3, 3, 2),
+    ),
+    "conv2d_transpose_stride2_valid": (
+        lambda: L.Conv2DTranspose(2, 3, strides=2),
+        (3, 3, 2),
+    ),
+    "conv2d_transpose_output_padding": (
+        lambda: L.Conv2DTranspose(
+            2, 3, strides=2, padding="same", output_padding=(1, 0)
+        ),
+        (3, 3, 2),
+    ),
+    "conv3d_transpose_valid": (
+        lambda: L.Conv3DTranspose(2, 2),
+        (2, 2, 2, 1),
+    ),
+    "conv3d_transpose_stride2_same": (
+        lambda: L.Conv3DTranspose(2, 3, strides=2, padding="same"),
+        (2, 2, 2, 1),
+    ),
+    "depthwise_conv1d_same_stride2": (
+        lambda: L.DepthwiseConv1D(
+            3, strides=2, padding="same", depth_multiplier=2
+        ),
+        (7, 2),
+    ),
+    "depthwise_conv2d_same_stride2": (
+        lambda: L.DepthwiseConv2D(
+            3, strides=2, padding="same", depth_multiplier=2
+        ),
+        (5, 5, 2),
+    ),
+    "separable_conv1d_same": (
+        lambda: L.SeparableConv1D(3, 3, padding="same", depth_multiplier=2),
+        (6, 2),
+    ),
+    "separable_conv2d_same": (
+        lambda: L.SeparableConv2D(3, (2, 3), padding="same"),
+        (5, 5, 2),
+    ),
+    "separable_conv2d_same_stride2": (
+        lambda: L.SeparableConv2D(2, 3, strides=2, padding="same"),
+        (5, 5, 2),
+    ),
+    "conv1d_causal_channels_first": (
+        lambda: L.Conv1D(3, 3, padding="causal", data_format="channels_first"),
+        (2, 6),
+    ),
+    "conv2d_same_stride2_channels_first": (
+        lambda: L.Conv2D(
+            3, 3, strides=2, padding="same", data_format="channels_first"
+        ),
+        (2, 5, 5),
+    ),
+    "conv2d_transpose_stride2_same_channels_first": (
+        lambda: L.Conv2DTranspose(
+            2, 3, strides=2, padding="same", data_format="channels_first"
+        ),
+        (2, 3, 3),
+    ),
+    "depthwise_conv2d_same_channels_first": (
+        lambda: L.DepthwiseConv2D(
+            3, padding="same", depth_multiplier=2, data_format="channels_first"
+        ),
+        (2, 4, 4),
+    ),
+    "separable_conv1d_same_channels_first": (
+        lambda: L.SeparableConv1D(
+            3, 3, padding="same", data_format="channels_first"
+        ),
+        (2, 6),
+    ),
+}
+ACTIVATIONS = ("gelu", "tanh", "silu", "softplus", "sigmoid")
+
+
+def _position_case(case):
+    """The layer (no activation), an activation's name and a batch."""
+    make_layer, shape = POSITION_CASES[case]
+    layer = make_layer()
+    activation = ACTIVATIONS[sorted(POSITION_CASES).index(case) % 5]
+    x = _batch(shape)
+    layer.build((None,) + shape)
+    return layer, activation, x
+
+
+def _positions(layer, z):
+    spatial = z.shape[2:] if penalty.unit_axis(layer) == 1 else z.shape[1:-1]
+    return int(np.prod(spatial))
+
+
+@pytest.mark.parametrize("closed_form", [True, False], ids=["phi2", "autodiff"])
+@pytest.mark.parametrize("case", sorted(POSITION_CASES))
+def test_padded_and_transposed_convs_equal_autodiff_jacobian_norm(
+    case, closed_form
+):
+    layer, activation, x = _position_case(case)
+    info = describe_activation(activation)
+    assert penalty.needs_input_shape(layer)
+    z = layer(x)
+    term = penalty.layer_penalty(
+        layer,
+        z,
+        info.derivative,
+        second_derivative=info.second_derivative if closed_form else None,
+        input_shape=x.shape,
+    )
+    block = keras.activations.get(activation)
+    expected = _jacobian_norm(lambda h: block(layer(h)), x) / _positions(
+        layer, z
+    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(term), expected, 1e-5)
+
+
+def test_padded_conv_batch_norm_activation_block():
+    conv = keras.layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False)
+    batch_norm = keras.layers.BatchNormalization(
+        gamma_initializer=keras.initializers.RandomUniform(0.5, 2.0),
+        moving_variance_initializer=keras.initializers.RandomUniform(0.2, 3.0),
+        moving_mean_initializer=keras.initializers.RandomNormal(),
+    )
+    activation = keras.layers.Activation("gelu")
+    x = _batch((5, 6, 2))
+    z = conv(x)
+    normalized = batch_norm(z, training=False)
+    scale = penalty.batch_norm_scale(batch_norm, z, training=False)
+    term = penalty.layer_penalty(
+        conv,
+        normalized,
+        describe_activation("gelu").derivative,
+        unit_scale=scale,
+        input_shape=x.shape,
+    )
+
+    def block(h):
+        return activation(batch_norm(conv(h), training=False))
+
+    expected = _jacobian_norm(block, x) / 9
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(term), expected, 1e-5)
+
+
+def test_linear_conv_transpose_counts_output_positions():
+    """Identity activation: every input position reaches every tap, so
+    `||J||_F^2 = inputs * ||W||^2`; the term divides it by the number of
+    output positions (5 x 5 here), not of input positions."""
+    layer = keras.layers.Conv2DTranspose(2, 3)
+    x = _batch((3, 3, 2))
+    z = layer(x)
+    term = penalty.layer_penalty(
+        layer, z, keras.ops.ones_like, input_shape=x.shape
+    )
+    kernel = keras.ops.convert_to_numpy(layer.kernel).astype("float64")
+    expected = 9 * np.sum(np.square(kernel)) / 25
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(term), expected, 1e-5)
+    np.testing.assert_allclose(expected, _jacobian_norm(layer, x) / 25, 1e-6)
+
+
+def test_needs_input_shape_only_where_norms_vary_by_position():
+    assert penalty.needs_input_shape(L.Conv2D(2, 3, padding="same"))
+    assert penalty.needs_input_shape(L.Conv1D(2, 2, padding="causal"))
+    assert penalty.needs_input_shape(L.Conv2DTranspose(2, 3))
+    assert penalty.needs_input_shape(L.DepthwiseConv1D(3, padding="same"))
+    assert penalty.needs_input_shape(L.SeparableConv2D(2, 3, padding="same"))
+    assert not penalty.needs_input_shape(L.Conv2D(2, 3, strides=2))
+    assert not penalty.needs_input_shape(L.Conv2D(2, 1, padding="same"))
+    assert not penalty.needs_input_shape(L.Dense(2))
+    assert not penalty.needs_input_shape(L.EinsumDense("ab,bc->ac", 2))
+
+
+def test_valid_conv_keeps_one_norm_per_unit():
+    layer = L.Conv1D(3, 2, strides=2, activation="tanh")
+    x = _batch((7, 2))
+    z = layer(x)
+    derivative = describe_activation("tanh").derivative
+    with_shape = penalty.layer_penalty(
+        layer, z, derivative, input_shape=x.shape
+    )
+    without = penalty.layer_penalty(layer, z, derivative)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(with_shape),
+        keras.ops.convert_to_numpy(without),
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "input_shape", [None, (None, None, 2)], ids=["missing", "no_length"]
+)
+def test_position_dependent_layer_without_input_shape_raises(input_shape):
+    layer = L.Conv1D(3, 3, padding="same", name="padded")
+    x = _batch((6, 2))
+    z = layer(x)
+    with pytest.raises(ValueError, match="'padded'.*input_shape"):
+        penalty.layer_penalty(
+            layer, z, keras.ops.ones_like, input_shape=input_shape
+        )
+
+
+# Gradients: the layer term w.r.t. kernel and bias against central finite
+# differences of a float64 reference, ||J||_F^2 from the layer's own
+# linear map, assembled from its response to one-hot kernels and inputs.
+GRADIENT_CASES = (
+    "conv1d_same_even_stride2",
+    "conv1d_causal_dilation2",
+    "conv1d_transpose_output_padding",
+    "conv2d_transpose_stride2_same",
+    "depthwise_conv1d_same_stride2",
+)
+
+
+def _linear_maps(layer, x):
+    """`A[e]`: the matrix (outputs x inputs) of the layer's linear map
+    when its kernel is the `e`-th one-hot kernel, bias excluded."""
+    config = layer.get_config() | {"use_bias": False, "activation": None}
+    probe = type(layer).from_config(config)
+    probe.build(x.shape)
+    inputs = np.eye(x[0].size, dtype="float32").reshape((-1,) + x.shape[1:])
+    kernel_shape = tuple(probe.kernel.shape)
+    maps = []
+    for e in np.eye(int(np.prod(kernel_shape)), dtype="float32"):
+        probe.kernel.assign(e.reshape(kernel_shape))
+        columns = keras.ops.convert_to_numpy(probe(inputs))
+        maps.append(columns.reshape(len(inputs), -1).T)
+    return np.stack(maps).astype("float64")
+
+
+def _reference_term(maps, kernel, bias, x, layer, out_shape):
+    """Batch-mean `||d tanh(z) / dh||_F^2 / positions`, in float64."""
+    jacobian = np.einsum("e,eoi->oi", kernel.ravel(), maps)
+    bias_shape = [1] * len(out_shape)
+    bias_shape[penalty.unit_axis(layer)] = -1
+    bias = np.broadcast_to(bias.reshape(bias_shape), out_shape).ravel()
+    z = x.reshape(len(x), -1).astype("float64") @ jacobian.T + bias
+    slope = 1.0 - np.tanh(z) ** 2
+    row_norms = np.sum(np.square(jacobian), axis=1)
+    units = out_shape[penalty.unit_axis(layer)]
+    return np.mean(np.sum(slope**2 * row_norms, axis=1)) * units / z.shape[1]
+
+
+@pytest.mark.parametrize("closed_form", [True, False], ids=["phi2", "autodiff"])
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_padded_and_transposed_gradients_match_finite_differences(
+    case, closed_form
+):
+    make_layer, shape = POSITION_CASES[case]
+    layer = make_layer()
+    x = _batch(shape)
+    layer.build(x.shape)
+    info = describe_activation("tanh")
+
+    def term():
+        return penalty.layer_penalty(
+            layer,
+            layer(x),
+            info.derivative,
+            second_derivative=info.second_derivative if closed_form else None,
+            input_shape=x.shape,
+        )
+
+    _, (kernel_grad, bias_grad) = autodiff.value_and_gradients(layer, term)
+
+    maps = _linear_maps(layer, x)
+    kernel = keras.ops.convert_to_numpy(layer.kernel).astype("float64")
+    bias = keras.ops.convert_to_numpy(layer.bias).astype("float64")
+    out_shape = tuple(layer(x).shape[1:])
+
+    def reference(k, b):
+        return _reference_term(maps, k, b, x, layer, out_shape)
+
+    step = 1e-6
+    expected = []
+    for params, index in [(kernel, 0), (bias, 1)]:
+        grad = np.zeros_like(params)
+        for i in np.ndindex(params.shape):
+            shifted = [kernel.copy(), bias.copy()]
+            shifted[index][i] += step
+            up = reference(*shifted)
+            shifted[index][i] -= 2 * step
+            grad[i] = (up - reference(*shifted)) / (2 * step)
+        expected.append(grad)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(term()),
+        reference(kernel, bias),
+        rtol=1e-5,
+    )
+    for measured, reference_grad in zip((kernel_grad, bias_grad), expected):
+        np.testing.assert_allclose(
+            measured,
+            reference_grad,
+            rtol=0,
+            atol=1e-5 * np.max(np.abs(reference_grad)),
+        )
