@@ -48,6 +48,8 @@ import keras
 from keras import layers
 from keras import ops
 
+from keras_dreg.backend import custom_gradient
+
 DENSE_LAYERS = (layers.Dense,)
 EINSUM_LAYERS = (layers.EinsumDense,)
 SEPARABLE_LAYERS = (layers.SeparableConv1D, layers.SeparableConv2D)
@@ -282,17 +284,12 @@ def squared_column_norms(kernel) -> keras.KerasTensor:
     array([25., 1.], dtype=float32)
     """
 
-    @ops.custom_gradient
     def squared_norms(kernel):
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            return kernel * (2.0 * upstream)
-
         axes = tuple(range(kernel.ndim - 1))
-        return ops.sum(ops.square(kernel), axis=axes), grad
+        value = ops.sum(ops.square(kernel), axis=axes)
+        return value, lambda upstream: kernel * (2.0 * upstream)
 
-    return squared_norms(ops.cast(kernel, "float32"))
+    return custom_gradient(squared_norms)(ops.cast(kernel, "float32"))
 
 
 def _separable_norms(layer):
@@ -363,6 +360,7 @@ def layer_penalty(
     second_derivative=None,
     evaluated=None,
     input_shape=None,
+    mask=None,
 ):
     """`mean_{batch, p} sum_j phi'(z_pj)^2 N[p, j]` for one call.
 
@@ -396,6 +394,12 @@ def layer_penalty(
         input_shape: The shape of the layer's input at that call (the
             batch size may be `None`). Required where
             `needs_input_shape(layer)`; ignored elsewhere.
+        mask: Optional Keras mask of the layer's input (`Embedding(...,
+            mask_zero=True)` before a `Dense` on tokens), shaped as `z`
+            without its unit axis: masked positions are left out of the
+            mean (`sum(mask * phi'^2) / sum(mask)` over the batch and
+            positions). A mask of another shape is not a mask of
+            positions and is not used.
 
     Returns:
         A float32 scalar.
@@ -427,28 +431,46 @@ def layer_penalty(
     if evaluated is None and second_derivative and not stop_gradient_derivative:
         constant_z = ops.stop_gradient(z)
         evaluated = (derivative(constant_z), second_derivative(constant_z))
+    weight = _position_weight(mask, z, axes)
     if evaluated is None or stop_gradient_derivative:
         slope = derivative(z) if evaluated is None else evaluated[0]
         slope = ops.cast(slope, "float32")
         if stop_gradient_derivative:
             slope = ops.stop_gradient(slope)
-        squared_slope = ops.mean(ops.square(slope), axis=axes, keepdims=True)
+        squared = ops.square(slope)
+        if weight is not None:
+            squared = squared * weight
+        squared_slope = ops.mean(squared, axis=axes, keepdims=True)
     else:
         slope, curvature = (ops.cast(t, "float32") for t in evaluated)
-        squared_slope = _mean_squared_slope(z, slope, curvature, axes)
+        squared_slope = _mean_squared_slope(z, slope, curvature, axes, weight)
     if unit_scale is not None:
         squared_slope = squared_slope * ops.square(unit_scale)
     return ops.sum(squared_slope * norms)
 
 
-def _mean_squared_slope(z, slope, curvature, axes):
-    """`mean(phi'(z)^2)` over `axes`, with its gradient in closed form.
+def _position_weight(mask, z, axes):
+    """`mask / mean(mask)` over `axes`, shaped to multiply `phi'(z)^2`
+    (so that the mean of the product is the masked mean), or `None`."""
+    if mask is None or tuple(mask.shape) != tuple(z.shape[:-1]):
+        return None
+    mask = ops.expand_dims(ops.cast(mask, "float32"), -1)
+    kept = ops.mean(mask, axis=axes, keepdims=True)
+    return mask / ops.maximum(kept, 1e-12)
+
+
+def _mean_squared_slope(z, slope, curvature, axes, weight=None):
+    """`mean(weight * phi'(z)^2)` over `axes`, with its gradient in
+    closed form.
 
     `slope` and `curvature` are `phi'(z)` and `phi''(z)`, evaluated
-    without gradient history. `d mean(phi'(z)^2) / dz =
-    2 phi'(z) phi''(z) / count`, where `count` is the number of values
-    averaged per unit.
+    without gradient history; `weight` (default 1) a constant. `d
+    mean(weight phi'(z)^2) / dz = 2 weight phi'(z) phi''(z) / count`,
+    where `count` is the number of values averaged per unit.
     """
+    if weight is not None:
+        slope = slope * ops.sqrt(weight)
+        curvature = curvature * ops.sqrt(weight)
 
     count = 1
     for axis in axes:
@@ -456,13 +478,10 @@ def _mean_squared_slope(z, slope, curvature, axes):
     if not isinstance(count, int):  # a dynamic size, in a traced step
         count = ops.cast(count, "float32")
 
-    @ops.custom_gradient
     def mean_squared_slope(z, slope, curvature):
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
+        def grad(upstream):
             return upstream * (2.0 / count) * slope * curvature, None, None
 
         return ops.mean(ops.square(slope), axis=axes, keepdims=True), grad
 
-    return mean_squared_slope(z, slope, curvature)
+    return custom_gradient(mean_squared_slope)(z, slope, curvature)

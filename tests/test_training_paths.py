@@ -207,7 +207,7 @@ def test_unbuilt_model_says_how_to_build_it():
 )
 def test_layers_between_kernel_and_activation_are_reported(between, reason):
     inputs = keras.Input((6,))
-    x = keras.layers.Dense(8, name="dense")(inputs)
+    x = keras.layers.Dense(8, name="kernel")(inputs)
     x = between()(x)
     x = keras.layers.Activation("gelu", name="act")(x)
     base = keras.Model(inputs, keras.layers.Dense(3, activation="tanh")(x))
@@ -326,3 +326,30 @@ def test_activation_that_mixes_units_is_refused_and_named():
     assert [s.name for s in model.dreg_layers] == ["kept"]
     info = keras_dreg.derivatives.describe_activation(mixing)
     assert info.kind == "non_elementwise"
+
+
+def test_masked_positions_are_left_out_of_the_mean():
+    keras.utils.set_random_seed(0)
+    tokens = np.array([[3, 5, 0, 0], [7, 2, 9, 0]], "int32")
+    inputs = keras.Input((4,), dtype="int32")
+    x = keras.layers.Embedding(10, 6, mask_zero=True, name="embed")(inputs)
+    x = keras.layers.Dense(5, activation="gelu", name="ffn")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    base = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model = keras_dreg.wrap(base, lam=1.0)
+
+    z = _numpy(base.get_layer("ffn").kernel)
+    embedded = _numpy(base.get_layer("embed").embeddings)[tokens]
+    pre = embedded @ z + _numpy(base.get_layer("ffn").bias)
+    slope = _numpy(
+        keras_dreg.derivatives.describe_activation("gelu").derivative(
+            ops.convert_to_tensor(pre)
+        )
+    )
+    kept = tokens != 0
+    expected = np.sum((slope[kept] ** 2).mean(axis=0) * (z**2).sum(axis=0))
+    model.compile(keras.optimizers.SGD(0.0), LOSS)
+    logs = model.fit(tokens, np.array([0, 1]), batch_size=2, verbose=0)
+    np.testing.assert_allclose(
+        logs.history["dreg_penalty"][0], expected, rtol=1e-5
+    )

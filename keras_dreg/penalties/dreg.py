@@ -145,6 +145,7 @@ class DREG(base.Penalty):
             second_derivative=site.activation.second_derivative,
             evaluated=record.derivatives,
             input_shape=record.input_shape,
+            mask=record.mask,
         )
 
     def _check_sites(self, model, survey):
