@@ -28,8 +28,8 @@ quietly() { { "$@" 2>&1 1>&3 3>&- | drop_noise >&2 3>&-; } 3>&1; }
 # report. Extra arguments go to `keras-dreg study run`; rerunning resumes
 # and skips finished runs. The backend is Keras's: KERAS_BACKEND, else
 # ~/.keras/keras.json, else tensorflow.
-# Measured: the 288 runs took 1323 s (22 min) on tensorflow with 2 workers,
-# on 2 CPU cores shared with other jobs the whole time (earlier runs:
+# Measured: 1422 s (24 min: 288 runs 1383 s, report 39 s), tensorflow, 2 workers,
+# on 2 CPU cores shared with other jobs (load average 10 at the end; earlier runs:
 # 14-30 min); budget 15-30 minutes. A rerun resumes.
 out="${KERAS_DREG_OUT:-$repo/study_quick}"
 mkdir -p "$out"
