@@ -55,6 +55,13 @@ else 0; `s(z)` is the sigmoid, `sp(z)` the softplus):
     PReLU layer (weight a)
                           1 if z > 0 else a
 
+KerasHub's own activations, recognized by the module and name that define
+them, so `keras_hub` is never imported here (`a = 1.702`):
+
+    gelu_approximate      gelu(approximate=True)'s
+    quick_gelu (CLIP, MetaCLIP 2), z s(a z)
+                          s(a z) (1 + a z (1 - s(a z)))
+
 The same forms serve the `keras.ops` functions (`keras.ops.gelu` defaults
 to `approximate=True`) and the `ReLU`, `LeakyReLU`, `ELU` and `PReLU`
 layers. `linear` (and `None`) is `"linear"`; `softmax`, `log_softmax`,
@@ -102,6 +109,7 @@ _GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 _GELU_K = 0.044715
 _INV_SQRT_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
+_QUICK_GELU_SCALE = 1.702
 
 
 class ActivationInfo(NamedTuple):
@@ -466,6 +474,50 @@ def _builtin_table():
     return table
 
 
+def _quick_gelu(x):
+    # z s(a z) = silu(a z) / a, so phi'(z) = silu'(a z).
+    return _silu(_QUICK_GELU_SCALE * x)
+
+
+def _quick_gelu_second(x):
+    return _QUICK_GELU_SCALE * _silu_second(_QUICK_GELU_SCALE * x)
+
+
+def _quick_gelu_joint(x):
+    value, first, second = _silu_joint(_QUICK_GELU_SCALE * x)
+    return value / _QUICK_GELU_SCALE, first, _QUICK_GELU_SCALE * second
+
+
+_GELU_TANH_FORMS = tuple(
+    functools.partial(form, approximate=True)
+    for form in (_gelu, _gelu_second, _gelu_joint)
+)
+_QUICK_GELU_FORMS = (_quick_gelu, _quick_gelu_second, _quick_gelu_joint)
+# KerasHub's activations, keyed by `(fn.__module__, fn.__qualname__)`:
+# `(phi', phi'', z -> (phi, phi', phi''))`. tests/test_keras_hub.py checks each
+# against autodiff of KerasHub's own function.
+_KERAS_HUB_FORMS = {
+    ("keras_hub.src.utils.keras_utils", "gelu_approximate"): _GELU_TANH_FORMS,
+    ("keras_hub.src.models.clip.clip_layers", "quick_gelu"): _QUICK_GELU_FORMS,
+    (
+        "keras_hub.src.models.metaclip_2.metaclip_2_layers",
+        "quick_gelu",
+    ): _QUICK_GELU_FORMS,
+}
+
+
+def _keras_hub_entry(fn):
+    """The known entry for a KerasHub activation, else `None`."""
+    key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
+    forms = _KERAS_HUB_FORMS.get(key)
+    if forms is None:
+        return None
+    derivative, second_derivative, joint = forms
+    known = _Known(fn, _ELEMENTWISE, derivative, {}, second_derivative, joint)
+    _BUILTINS[id(fn)] = known  # `known` keeps `fn` alive: `id` stays valid.
+    return known
+
+
 _BUILTINS = _builtin_table()
 _REGISTRY = {}
 _WARNED = {}
@@ -584,7 +636,9 @@ def _resolve(activation):
 
 
 def _lookup(fn):
-    return _REGISTRY.get(id(fn)) or _BUILTINS.get(id(fn))
+    return (
+        _REGISTRY.get(id(fn)) or _BUILTINS.get(id(fn)) or _keras_hub_entry(fn)
+    )
 
 
 def _match(fn):

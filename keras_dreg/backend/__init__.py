@@ -49,9 +49,13 @@ def vjp(fn: Callable[[list, Tap], list], xs: Sequence) -> tuple[list, Pullback]:
 
     Example: the gradient of `sum(tanh(x))`, to be differentiated again.
 
+    >>> from keras import ops
+    >>> x = ops.convert_to_tensor([0.0, 1.0])
     >>> outputs, pullback = vjp(lambda xs, tap: [ops.sum(ops.tanh(xs[0]))],
     ...                         [x])
     >>> (grad_x,) = pullback([ops.ones(())])
+    >>> [round(float(g), 4) for g in ops.convert_to_numpy(grad_x)]
+    [1.0, 0.42]
     """
     return _module().vjp(fn, list(xs))
 

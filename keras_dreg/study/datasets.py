@@ -297,6 +297,9 @@ def register_dataset(
 
     Example:
 
+    >>> rng = np.random.default_rng(0)
+    >>> x, xt = rng.normal(size=(2, 64, 2)).astype("float32")
+    >>> y, yt = (x[:, 0] * x[:, 1] > 0) * 1, (xt[:, 0] * xt[:, 1] > 0) * 1
     >>> register_dataset(
     ...     "xor", task="tabular", x_train=x, y_train=y, x_test=xt, y_test=yt
     ... )

@@ -97,7 +97,7 @@ def build_model(
     ...     "adam",
     ...     keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     ... )
-    >>> model.fit(data.x_train, data.y_train, epochs=1, verbose=0)
+    >>> history = model.fit(data.x_train, data.y_train, epochs=1, verbose=0)
     """
     keras.utils.set_random_seed(seed)
     dtype = "int32" if dataset.task == "text" else "float32"

@@ -525,7 +525,8 @@ def run_study(
 
     Example:
 
-    >>> progress = run_study(preset("quick"), "results.sqlite")
+    >>> # Skipped: the quick preset trains 288 runs (minutes).
+    >>> progress = run_study(preset("quick"), "out.sqlite")  # doctest: +SKIP
     >>> progress.finished, progress.failed  # doctest: +SKIP
     (192, [])
     """
