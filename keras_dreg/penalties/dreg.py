@@ -106,26 +106,28 @@ class DREG(base.Penalty):
     def layer_terms(self, state: "DREGState", records) -> dict:
         """`lam * w_l * DREG_l` for each layer, float32, from `records`."""
         terms = {}
-        for site, site_records in zip(state.capture.sites, records):
+        keys = site_keys(state.capture.sites)
+        for key, site, site_records in zip(keys, state.capture.sites, records):
             values = [
                 self._record_penalty(site, record)
                 for record in site_records
                 if record.pre_activation is not None
             ]
             weight = self.lam * self.layer_weights.get(site.name, 1.0)
-            terms[site.name] = weight * _mean_or_zero(values)
+            terms[key] = weight * _mean_or_zero(values)
         return terms
 
     def mean_squared_derivatives(self, state: "DREGState", records) -> dict:
         """`mean(phi'(z)^2)` of each layer, from `records`."""
         means = {}
-        for site, site_records in zip(state.capture.sites, records):
+        keys = site_keys(state.capture.sites)
+        for key, site, site_records in zip(keys, state.capture.sites, records):
             values = [
                 ops.mean(ops.square(_slope(site, r)))
                 for r in site_records
                 if r.pre_activation is not None
             ]
-            means[site.name] = _mean_or_zero(values)
+            means[key] = _mean_or_zero(values)
         return means
 
     def _record_penalty(self, site, record):
@@ -192,6 +194,17 @@ class DREGState:
 
     survey: capture.Survey
     capture: capture.ActivationCapture
+
+
+def site_keys(sites) -> list[str]:
+    """Each site's layer name, or its path (`"encoder_1/dense"`) where
+    names repeat (KerasHub names every block's feed-forward layer alike),
+    so per-layer results have one entry per layer."""
+    names = [site.name for site in sites]
+    return [
+        site.layer.path if names.count(site.name) > 1 else site.name
+        for site in sites
+    ]
 
 
 def _slope(site, record):
