@@ -145,8 +145,11 @@ def paused():
 
     Example:
 
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     >>> with paused():
-    ...     y = model(x, training=True)  # not recorded, no penalty added
+    ...     y = model(np.ones((1, 3)), training=True)  # nothing recorded
+    >>> is_paused()
+    False
     """
     before = is_paused()
     _STATE.paused = True

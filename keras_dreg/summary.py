@@ -22,9 +22,16 @@ def format_survey(model: keras.Model, state) -> str:
 
     Example:
 
+    >>> inputs = keras.Input((4,))
+    >>> x = keras.layers.Dense(8, activation="gelu", name="hidden")(inputs)
+    >>> outputs = keras.layers.Dense(2, name="head")(x)
+    >>> model = keras_dreg.wrap(keras.Model(inputs, outputs))
     >>> print(format_survey(model, model.penalty_state(model.dreg)))
-    ... # doctest: +ELLIPSIS
-    DREG summary of ...
+    DREG summary of '...': 1 layer(s) regularized, 1 not
+    ...
+    hidden (Dense) ... regularized
+    head (Dense) ... no: linear (include_linear=True adds ||W||^2 per position)
+    ...
     """
     sites = state.capture.sites
     left_out = state.survey.unregularized
