@@ -14,7 +14,7 @@ runs and a score:
 
 Regularizers are compared on matched cells: runs that agree on every
 setting but the regularizer (activation, data set, train fraction,
-seed, epochs, batch size, learning rate, backend). DREG is tested
+seed, epochs, batch size, learning rate, backend, code version). DREG is tested
 against each other regularizer with `scipy.stats.wilcoxon` (two-sided,
 zero differences dropped) over the cells both have; the p-values of one
 analysis form one family, corrected with Holm's step-down method.
@@ -44,6 +44,7 @@ CELL_FIELDS = (
     "batch_size",
     "learning_rate",
     "backend",
+    "code",
 )
 
 Row = Mapping[str, Any]
@@ -146,7 +147,7 @@ def scores(rows: Iterable[Row], analysis: str) -> list[Score]:
 
 def to_score(row: Row, field: str = "accuracy") -> Score:
     """A row's `Score`: its cell, regularizer and the value of `field`."""
-    cell = tuple(row[f] for f in CELL_FIELDS)
+    cell = tuple(row.get(f) for f in CELL_FIELDS)
     return Score(cell, row["regularizer"], float(row[field]), row)
 
 
