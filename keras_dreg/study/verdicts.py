@@ -76,7 +76,11 @@ FINDINGS = {
         "Under GELU, DREG is the best regularizer overall, notably on "
         "messy vision and NLP data."
     ),
-    "scarcity": "DREG's advantage grows as training data shrinks.",
+    "scarcity": (
+        "DREG's advantage grows as training data shrinks (read: DREG "
+        "is ahead at the smallest fraction, and further ahead than with "
+        "all the data)."
+    ),
 }
 MESSY_KINDS = {"vision": "image", "NLP": "text"}
 """The messy data of finding 5, by the `task` of the data set."""
@@ -412,18 +416,19 @@ def _scarcity(rows, reference) -> Finding:
         )
     smallest = min(advantage)
     shared = sorted(set(advantage[smallest]) & set(advantage[1.0]))
-    d = tuple(advantage[smallest][u] - advantage[1.0][u] for u in shared)
-    _, p = stats.wilcoxon(d, [0] * len(d))
-    test = Test(
-        f"advantage at {smallest:g} minus at 1.0",
-        "the mean of the others",
-        +1,
-        d,
-        p,
-        p,
-        1,
-    )
-    return _finding("scarcity", [test])
+    small = tuple(advantage[smallest][u] for u in shared)
+    growth = tuple(advantage[smallest][u] - advantage[1.0][u] for u in shared)
+    raw = [
+        (f"advantage at {smallest:g}", small),
+        (f"advantage at {smallest:g} minus at 1.0", growth),
+    ]
+    p_values = [stats.wilcoxon(d, [0] * len(d))[1] for _, d in raw]
+    adjusted = stats.holm(p_values)
+    tests = [
+        Test(label, "the mean of the others", +1, d, p, float(a), 2)
+        for (label, d), p, a in zip(raw, p_values, adjusted)
+    ]
+    return _finding("scarcity", tests)
 
 
 def assess_findings(
