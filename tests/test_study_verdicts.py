@@ -70,3 +70,14 @@ def test_detectable_effect_by_hand():
     assert verdicts.detectable_effect(d, m) == pytest.approx(expected)
     # 4 units in a family of 5 can never reach Holm p <= 0.05.
     assert verdicts.detectable_effect(d[:4], 5) == np.inf
+
+
+def test_the_power_statement_is_about_the_undecided_comparisons():
+    decided = _test([0.5, 0.4, 0.9, 0.1, 0.8, 0.2, 0.7, 0.3], 0.01)
+    undecided = _test([0.01, -0.01, 0.02, 0.0, 0.01, -0.02, 0.0, 0.01], 0.8)
+    finding = verdicts.Finding(
+        "overall", "claim", "x", "", (decided, undecided)
+    )
+    assert finding.detectable == pytest.approx(undecided.detectable)
+    assert finding.detectable < decided.detectable
+    assert "vs y" in verdicts.power_statement([decided, undecided])

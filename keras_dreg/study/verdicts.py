@@ -164,9 +164,15 @@ class Finding:
 
     @property
     def detectable(self) -> float:
-        """The largest of the tests' detectable effects (all are needed)."""
-        values = [t.detectable for t in self.tests]
+        """The largest detectable effect of the tests still undecided
+        (of all tests when none is): every one of them is needed."""
+        values = [t.detectable for t in _open(self.tests)]
         return max(values) if values else np.inf
+
+
+def _open(tests: Sequence[Test]) -> list[Test]:
+    """The tests that do not yet support the claim, else all of them."""
+    return [t for t in tests if t.status != "supports"] or list(tests)
 
 
 def detectable_effect(differences: Sequence[float], family_size: int) -> float:
@@ -300,7 +306,7 @@ def power_statement(tests: Sequence[Test]) -> str:
     """The smallest effect the run could detect, in words."""
     if not tests:
         return "No comparison could be made."
-    worst = max(tests, key=lambda t: t.detectable)
+    worst = max(_open(tests), key=lambda t: t.detectable)
     if not np.isfinite(worst.detectable):
         return (
             f"With n = {worst.n} units no outcome of {worst.label} vs "
