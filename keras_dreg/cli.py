@@ -9,7 +9,9 @@
 (flags win over the file, the file over the preset). It stores each run
 as it finishes and skips runs already stored, so the same command
 resumes an interrupted study. `study report` writes `report.md` and
-PNG plots; `study status` counts finished runs.
+PNG plots; `study status` counts finished runs and shows their
+provenance (preset, strengths, commit, code, backend) and the verdicts
+so far, each INCONCLUSIVE one with the smallest detectable effect.
 """
 
 import argparse
@@ -58,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--db", required=True, help="The results file.")
     report.add_argument("--out", required=True, help="The report folder.")
     report.set_defaults(command=_report)
-    status = actions.add_parser("status", help="Count finished runs.")
+    status = actions.add_parser(
+        "status",
+        help="Count finished runs; show their provenance and verdicts.",
+    )
     status.add_argument("--db", required=True, help="The results file.")
     status.set_defaults(command=_status)
     return parser
@@ -161,9 +166,10 @@ def _missing(db: str) -> bool:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from keras_dreg.study.report import assess_findings
     from keras_dreg.study.report import write_report
+    from keras_dreg.study.settings import ABLATIONS
     from keras_dreg.study.store import ResultStore
+    from keras_dreg.study.verdicts import assess_findings
 
     if _missing(args.db):
         return 2
@@ -171,15 +177,20 @@ def _report(args: argparse.Namespace) -> int:
         rows = store.rows()
     path = write_report(rows, args.out)
     print(f"Wrote {path}")
-    for finding in assess_findings(rows):
+    main = [r for r in rows if r["regularizer"] not in ABLATIONS]
+    for finding in assess_findings(main):
         print(f"  {finding.verdict:<15} {finding.claim}")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     from keras_dreg.study.config import StudyConfig
+    from keras_dreg.study.report import provenance_lines
     from keras_dreg.study.runner import expand_grid
+    from keras_dreg.study.settings import ABLATIONS
     from keras_dreg.study.store import ResultStore
+    from keras_dreg.study.verdicts import assess_findings
+    from keras_dreg.study.verdicts import power_statement
 
     if _missing(args.db):
         return 2
@@ -187,6 +198,7 @@ def _status(args: argparse.Namespace) -> int:
         counts = store.counts_by_backend()
         done = store.finished_keys()
         studies = store.studies()
+        rows = store.rows()
     per_backend = ", ".join(f"{b}: {n}" for b, n in sorted(counts.items()))
     print(f"{args.db}: {len(done)} runs stored ({per_backend or 'none'})")
     for study in studies:
@@ -195,8 +207,18 @@ def _status(args: argparse.Namespace) -> int:
         finished = len(keys & done)
         print(
             f"  grid started {study['started_at']} on {config.backend}: "
-            f"{finished}/{len(keys)} done ({100 * finished / len(keys):.0f}%)"
+            f"{finished}/{len(keys)} done ({100 * finished / len(keys):.0f}%) "
+            "with this code (a changed code or setting runs again)"
         )
+    if not rows:
+        return 0
+    print("\n".join(provenance_lines(rows)))
+    main = [r for r in rows if r["regularizer"] not in ABLATIONS]
+    print("Verdicts so far:")
+    for finding in assess_findings(main):
+        print(f"  {finding.verdict:<15} {finding.claim}")
+        if finding.verdict == "INCONCLUSIVE":
+            print(f"  {'':<15} {power_statement(finding.tests)}")
     return 0
 
 

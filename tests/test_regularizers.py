@@ -165,7 +165,9 @@ def _spectral_layers(model):
 
 def test_spectral_norm_copies_the_weights_and_wraps_each_kernel_layer():
     base = _cnn()
-    model = keras_dreg.regularize(base, "spectral_norm", power_iterations=3)
+    model = keras_dreg.regularize(
+        base, "spectral_norm", power_iterations=3, normalize_output=True
+    )
     wrapped = _spectral_layers(model)
     assert [type(layer.layer) for layer in wrapped] == [
         keras.layers.Conv2D,
@@ -206,7 +208,8 @@ def test_spectral_norm_infers_with_the_normalized_kernels():
             keras.layers.Dense(2),
         ]
     )
-    model = _compile(keras_dreg.regularize(base, "spectral_norm"), lr=0.1)
+    model = keras_dreg.regularize(base, "spectral_norm", normalize_output=True)
+    model = _compile(model, lr=0.1)
     x = RNG.normal(size=(16, 4)).astype("float32") * 3
     model.fit(x, np.arange(16) % 2, epochs=2, batch_size=4, verbose=0)
     hidden, head = _spectral_layers(model)

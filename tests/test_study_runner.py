@@ -25,6 +25,8 @@ import pytest
 
 from keras_dreg import cli
 from keras_dreg.study import config as study_config
+from keras_dreg.study import executors
+from keras_dreg.study import provenance
 from keras_dreg.study import runner
 from keras_dreg.study.config import RunConfig
 from keras_dreg.study.config import StudyConfig
@@ -155,7 +157,7 @@ def test_load_config_precedence(tmp_path):
 
 
 def test_worker_env_and_backend_check():
-    env = runner.worker_env("torch")
+    env = executors.worker_env("torch")
     assert env["KERAS_BACKEND"] == "torch"
     assert env["OMP_NUM_THREADS"] == "1"
     other = "torch" if BACKEND != "torch" else "jax"
@@ -166,7 +168,7 @@ def test_worker_env_and_backend_check():
 def test_ray_missing_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ModuleNotFoundError, match="pip install"):
-        runner._import_ray()
+        executors._import_ray()
 
 
 # --------------------------------------------------------------------------
@@ -210,7 +212,8 @@ def test_failed_runs_are_reported_and_retried(tmp_path, monkeypatch):
 _KILLED_DRIVER = """
 import sys, time
 from tests.test_study_runner import fake_study, fake_train
-from keras_dreg.study.runner import InlineExecutor, run_study
+from keras_dreg.study.executors import InlineExecutor
+from keras_dreg.study.runner import run_study
 
 def slow_train(config):
     time.sleep(0.1)
@@ -370,12 +373,58 @@ def test_ray_executor_on_local_instance(tmp_path):
 
 def test_run_key_is_content_hash():
     run = runner.expand_grid(fake_study())[0]
+    code = provenance.code_identity("jax")
     text = (
         '{"activation": "gelu", "backend": "jax", "batch_size": 64, '
+        f'"code": "{code}", '
         '"dataset": "digits", "epochs": 1, "learning_rate": 0.001, '
+        '"options": {"lam": null, "optimizer": "adam", '
+        '"regularizer": "none", "weight_decay": null}, '
         '"regularizer": "none", "seed": 0, "train_fraction": 0.5}'
     )
     assert run.key == hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def test_key_changes_with_lam_options_and_code():
+    run = runner.expand_grid(fake_study())[0]
+    keys = {
+        run.key,
+        dataclasses.replace(run, options={**run.options, "lam": 1.0}).key,
+        dataclasses.replace(run, code=run.code + " changed").key,
+        dataclasses.replace(run, regularizer="weight_decay_adamw").key,
+    }
+    assert len(keys) == 4
+
+
+def test_ablations_record_their_settings():
+    unit = RunConfig(
+        "gelu", "dreg_unit_slope", "digits", 1, 0, 1, 8, 1e-3, "jax"
+    )
+    adamw = RunConfig(
+        "gelu", "weight_decay_adamw", "digits", 1, 0, 1, 8, 1e-3, "jax"
+    )
+    assert unit.options["unit_slope"] and unit.options["lam"] == 10**-2.5
+    assert (adamw.options["optimizer"], adamw.options["weight_decay"]) == (
+        "adamw",
+        5e-4,
+    )
+
+
+def test_a_run_whose_options_this_code_does_not_train_raises():
+    run = RunConfig(
+        "gelu",
+        "dreg",
+        "digits",
+        1,
+        0,
+        1,
+        8,
+        1e-3,
+        keras.backend.backend(),
+        options={"regularizer": "dreg", "lam": 0.5},
+    )
+    with pytest.raises(ValueError, match="this code trains it with"):
+        runner.train_run(run)
 
 
 def test_inline_executor_keeps_this_process_thread_count():
@@ -388,7 +437,7 @@ def test_inline_executor_keeps_this_process_thread_count():
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        outcomes = list(runner.InlineExecutor().map_unordered(str, [1, 2]))
+        outcomes = list(executors.InlineExecutor().map_unordered(str, [1, 2]))
         assert outcomes == [(1, "1"), (2, "2")]
         assert torch.get_num_threads() == 3
     finally:

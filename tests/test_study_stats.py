@@ -101,38 +101,6 @@ def test_rank_biserial_agrees_with_wilcoxon_statistic():
     )
 
 
-def test_compare_pairs_cells_and_applies_holm():
-    dreg = [0.90, 0.91, 0.85, 0.88, 0.93, 0.87, 0.92]
-    none = [0.85, 0.90, 0.86, 0.80, 0.90, 0.85, 0.88]
-    wd = [0.80, 0.86, 0.82, 0.84, 0.85, 0.83, 0.86]
-    rows = paired_rows(dreg, none) + [
-        row("weight_decay", v, seed=i) for i, v in enumerate(wd)
-    ]
-    # An unmatched run (no DREG in its cell) is ignored.
-    rows.append(row("none", 0.1, seed=99))
-    comparisons = stats.compare(stats.scores(rows, "overall"))
-    assert [c.other for c in comparisons] == ["none", "weight_decay"]
-    p_raw = []
-    for c, other in zip(comparisons, (none, wd)):
-        d = np.subtract(dreg, other)
-        expected = scipy_stats.wilcoxon(dreg, other)
-        assert c.n == 7
-        assert (c.wins, c.ties, c.losses) == (
-            np.sum(d > 0),
-            np.sum(d == 0),
-            np.sum(d < 0),
-        )
-        assert c.p_value == pytest.approx(expected.pvalue)
-        assert c.statistic == expected.statistic
-        assert c.median_diff == pytest.approx(np.median(d))
-        assert c.mean_diff == pytest.approx(np.mean(d))
-        assert c.rank_biserial == pytest.approx(stats.rank_biserial(d))
-        p_raw.append(c.p_value)
-    np.testing.assert_allclose(
-        [c.p_holm for c in comparisons], stats.holm(p_raw)
-    )
-
-
 def test_scores_select_each_analysis():
     rows = [
         row("dreg", 0.9, noisy=0.5, dataset="a"),
@@ -191,25 +159,6 @@ def test_average_ranks_by_hand_with_ties():
     assert n == 2
     # Cell 0: dreg 1, none 2.5, igpen 2.5. Cell 1: none 1, igpen 2, dreg 3.
     assert ranks == {"dreg": 2.0, "igpen": 2.25, "none": 1.75}
-
-
-def test_advantage_by_fraction_by_hand():
-    rows = []
-    for fraction, (d, n, w) in {
-        0.1: (0.7, 0.5, 0.6),
-        1.0: (0.9, 0.88, 0.9),
-    }.items():
-        rows += [
-            row("dreg", d, train_fraction=fraction),
-            row("none", n, train_fraction=fraction),
-            row("weight_decay", w, train_fraction=fraction),
-        ]
-    advantage = stats.advantage_by_fraction(rows)
-    assert list(advantage) == [0.1, 1.0]
-    [cell] = advantage[0.1]
-    assert cell in advantage[1.0]  # the same cell across fractions
-    assert advantage[0.1][cell] == pytest.approx(0.7 - 0.55)
-    assert advantage[1.0][cell] == pytest.approx(0.9 - 0.89)
 
 
 def test_best_attainable_p():

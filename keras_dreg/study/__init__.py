@@ -12,6 +12,8 @@ from keras_dreg.study.datasets import Dataset
 from keras_dreg.study.datasets import available_datasets
 from keras_dreg.study.datasets import load_dataset
 from keras_dreg.study.datasets import register_dataset
+from keras_dreg.study.executors import LocalExecutor
+from keras_dreg.study.executors import RayExecutor
 from keras_dreg.study.models import ACTIVATIONS
 from keras_dreg.study.models import build_model
 from keras_dreg.study.regimes import REGIMES
@@ -21,8 +23,6 @@ from keras_dreg.study.regimes import make_messy
 from keras_dreg.study.regimes import subsample
 from keras_dreg.study.report import assess_findings
 from keras_dreg.study.report import write_report
-from keras_dreg.study.runner import LocalExecutor
-from keras_dreg.study.runner import RayExecutor
 from keras_dreg.study.runner import run_study
 from keras_dreg.study.runner import train_run
 from keras_dreg.study.store import ResultStore

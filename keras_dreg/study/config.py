@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,14 @@ except ModuleNotFoundError:  # Python 3.10
         tomllib = None
 
 from keras_dreg.regularizers import REGULARIZERS
+from keras_dreg.study import provenance
 from keras_dreg.study.datasets import OFFLINE_DATASETS
 from keras_dreg.study.models import ACTIVATIONS
 from keras_dreg.study.regimes import TRAIN_FRACTIONS
+from keras_dreg.study.settings import SETTINGS
 
 BACKENDS = ("jax", "tensorflow", "torch")
+_EXECUTION_FIELDS = {"workers", "executor", "ray_address", "imports"}
 EXECUTORS = ("local", "ray")
 
 
@@ -56,10 +60,16 @@ class RunConfig:
 
     Example:
 
+    `options` (default: `settings.SETTINGS[regularizer].record()`) is
+    every setting of the regularizer that changes the result, its `lam`
+    included; `code` (default: `provenance.code_identity(backend)`) the
+    code and library versions. Both are part of the key, so a changed
+    strength, option or training code never reuses a stored run.
+
     >>> run = RunConfig("gelu", "dreg", "digits", 1.0, 0, 20, 64, 1e-3,
     ...                 "jax")
-    >>> len(run.key)
-    32
+    >>> len(run.key), run.options["lam"]
+    (32, 0.0031622776601683794)
     """
 
     activation: str
@@ -71,12 +81,26 @@ class RunConfig:
     batch_size: int
     learning_rate: float
     backend: str
+    options: Mapping[str, Any] | None = None
+    code: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "train_fraction", float(self.train_fraction))
         object.__setattr__(self, "learning_rate", float(self.learning_rate))
         for name in ("seed", "epochs", "batch_size"):
             object.__setattr__(self, name, int(getattr(self, name)))
+        if self.options is None:
+            if self.regularizer not in SETTINGS:
+                raise ValueError(
+                    f"Unknown regularizer {self.regularizer!r}; known: "
+                    f"{sorted(SETTINGS)}."
+                )
+            options = SETTINGS[self.regularizer].record()
+            object.__setattr__(self, "options", options)
+        object.__setattr__(self, "options", dict(self.options))
+        if self.code is None:
+            code = provenance.code_identity(self.backend)
+            object.__setattr__(self, "code", code)
 
     @property
     def key(self) -> str:
@@ -91,8 +115,9 @@ class StudyConfig:
 
     Args:
         activations: Hidden-layer activations (`models.ACTIVATIONS`).
-        regularizers: Regularizer names (`regularizers.REGULARIZERS`),
-            each at its default strength (never tuned).
+        regularizers: Regularizer names (`regularizers.REGULARIZERS`,
+            or the ablations `settings.ABLATIONS`), each at its
+            strength in `settings.SETTINGS` (never tuned).
         datasets: Data set names (`datasets.available_datasets()`).
         train_fractions: Fractions of the training set to train on; keep
             1.0 in the list for the clean, messy and noise regimes.
@@ -111,6 +136,8 @@ class StudyConfig:
             local instance.
         imports: Modules to import in every worker before running, for
             data sets added with `datasets.register_dataset`.
+        name: Where the grid came from (a preset's name, or the config
+            file), recorded with each run and named by the report.
 
     Example:
 
@@ -133,6 +160,7 @@ class StudyConfig:
     executor: str = "local"
     ray_address: str | None = None
     imports: tuple[str, ...] = ()
+    name: str = "custom"
 
     def __post_init__(self):
         for name in ("activations", "regularizers", "datasets", "imports"):
@@ -221,7 +249,7 @@ def preset(name: str) -> StudyConfig:
     presets = {"quick": _quick, "paper": _paper}
     if name not in presets:
         raise ValueError(f"Unknown preset {name!r}; use one of {presets}.")
-    return presets[name]()
+    return presets[name]().replace(name=name)
 
 
 def _paper() -> StudyConfig:
@@ -272,7 +300,13 @@ def load_config(
         raise ValueError(
             f"Unknown study settings {unknown}; known: {sorted(fields)}."
         )
-    return preset(preset_name or name).replace(**values)
+    source = preset_name or name
+    if path is not None:
+        source = f"{source} + {Path(path).name}"
+    changed = sorted(set(overrides) - _EXECUTION_FIELDS)
+    if changed:
+        source += " + flags " + ", ".join(changed)
+    return preset(preset_name or name).replace(name=source, **values)
 
 
 def _read_toml(path: str | Path) -> dict[str, Any]:

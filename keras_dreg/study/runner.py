@@ -8,10 +8,11 @@ but derived in the analysis (`keras_dreg.study.stats`). One run
 1. loads the data set (seeded; cached per process) and keeps a
    stratified `train_fraction` of its training set (`regimes.subsample`),
 2. seeds Python, NumPy and the backend (`keras.utils.set_random_seed`),
-3. builds the model (`models.build_model`) and regularizes it
-   (`regularizers.regularize`) at the regularizer's default strength,
-   never tuned (DREG's is `10**-2.5`),
-4. trains with Adam and sparse categorical cross-entropy on logits,
+3. builds the model (`models.build_model`) and regularizes it as
+   `settings.SETTINGS` says (its fixed strength, never tuned; DREG's is
+   `10**-2.5`), recorded in the run's `options` and key,
+4. trains with Adam (AdamW for `weight_decay_adamw`) and sparse
+   categorical cross-entropy on logits,
 5. scores the clean test set and the corrupted test inputs
    (`regimes.corrupt_test_inputs`), and keeps the last epoch's penalty.
 
@@ -19,62 +20,40 @@ Each finished run is stored at once, in its own transaction
 (`store.ResultStore`); running the same grid again skips the runs
 already stored, so a study that was killed resumes where it stopped.
 
-Executors: `LocalExecutor` runs a pool of worker processes started with
-`spawn`, each with `KERAS_BACKEND` and one-thread settings in its
-environment before it imports Keras (one thread per worker makes a
-run's numbers independent of the number of workers; JAX workers share
-a persistent compilation cache, see `worker_env`); `RayExecutor` does
-the same on a Ray cluster (`pip install ray`); with `workers=0` runs
-execute in this process, which must already use the study's backend.
+Executors (`keras_dreg.study.executors`) run the grid in this process,
+a pool of worker processes or on Ray.
 """
 
-import contextlib
 import dataclasses
 import functools
 import importlib
 import itertools
-import multiprocessing
-import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Callable
-from collections.abc import Iterable
-from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from keras_dreg.regularizers import REGULARIZERS
-from keras_dreg.regularizers import regularize
+from keras_dreg.study import provenance
 from keras_dreg.study.config import RunConfig
 from keras_dreg.study.config import StudyConfig
 from keras_dreg.study.datasets import available_datasets
 from keras_dreg.study.datasets import load_dataset
+from keras_dreg.study.executors import TrainFn
+from keras_dreg.study.executors import make_executor
+from keras_dreg.study.executors import resolve_backend
 from keras_dreg.study.models import ACTIVATIONS
 from keras_dreg.study.models import build_model
 from keras_dreg.study.regimes import corrupt_test_inputs
 from keras_dreg.study.regimes import subsample
+from keras_dreg.study.settings import ABLATIONS
+from keras_dreg.study.settings import SETTINGS
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
-
-TrainFn = Callable[[RunConfig], RunResult]
-Outcome = tuple[RunConfig, RunResult | BaseException]
-
-
-def resolve_backend(study: StudyConfig) -> str:
-    """The study's backend, or this process's Keras backend if unset.
-
-    Example:
-
-    >>> resolve_backend(preset("quick").replace(backend="torch"))
-    'torch'
-    """
-    return study.backend or keras.config.backend()
 
 
 def expand_grid(study: StudyConfig) -> list[RunConfig]:
@@ -128,7 +107,7 @@ def validate(study: StudyConfig) -> None:
         importlib.import_module(module)
     known = {
         "activations": ACTIVATIONS,
-        "regularizers": REGULARIZERS,
+        "regularizers": REGULARIZERS + ABLATIONS,
         "datasets": tuple(available_datasets()),
     }
     for field, names in known.items():
@@ -159,12 +138,19 @@ def train_run(config: RunConfig) -> RunResult:
     start = time.perf_counter()
     train = subsample(data, config.train_fraction, config.seed)
     keras.utils.set_random_seed(config.seed)
-    model = regularize(
+    setting = SETTINGS[config.regularizer]
+    if setting.record() != config.options:
+        raise ValueError(
+            f"Run {config.key} asks for {config.regularizer!r} with "
+            f"{config.options}, but this code trains it with "
+            f"{setting.record()}."
+        )
+    model, optimizer = setting.build(
         build_model(train, config.activation, seed=config.seed),
-        config.regularizer,
+        config.learning_rate,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -184,6 +170,8 @@ def train_run(config: RunConfig) -> RunResult:
         epochs_run=len(history["loss"]),
         wall_time=time.perf_counter() - start,
         versions=versions(),
+        task=data.task,
+        git_commit=provenance.git_commit(),
     )
 
 
@@ -241,248 +229,6 @@ def versions() -> dict[str, str]:
         "keras_dreg": keras_dreg.__version__,
         backend: module.__version__,
     }
-
-
-# --------------------------------------------------------------------------
-# Executors.
-
-
-def worker_env(backend: str) -> dict[str, str]:
-    """Environment of a worker: its backend, one compute thread.
-
-    JAX workers also share a persistent compilation cache
-    (`JAX_COMPILATION_CACHE_DIR`, default `<tmp>/keras_dreg_jax_cache`):
-    runs that differ only in seed or data compile to the same program,
-    and reusing it saves seconds per run without changing any number.
-
-    Example:
-
-    >>> worker_env("jax")["KERAS_BACKEND"]
-    'jax'
-    """
-    xla = os.environ.get("XLA_FLAGS", "")
-    one_thread = "--xla_cpu_multi_thread_eigen=false"
-    env = {
-        "KERAS_BACKEND": backend,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "TF_NUM_INTRAOP_THREADS": "1",
-        "TF_NUM_INTEROP_THREADS": "1",
-        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-        "XLA_FLAGS": f"{xla} {one_thread}".strip(),
-    }
-    if backend == "jax":
-        default = os.path.join(tempfile.gettempdir(), "keras_dreg_jax_cache")
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=os.environ.get(
-                "JAX_COMPILATION_CACHE_DIR", default
-            ),
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        )
-    return env
-
-
-def execute(fn: TrainFn, config: RunConfig, imports: Iterable[str]):
-    """Runs `fn(config)` in a worker, after importing `imports` once.
-
-    Every executor submits this function; `fn` must be importable by the
-    worker (a module-level function).
-
-    Example:
-
-    >>> execute(train_run, run, ["my_project.data"])  # doctest: +SKIP
-    """
-    _prepare_worker(tuple(imports))
-    return fn(config)
-
-
-@functools.lru_cache(maxsize=None)
-def _prepare_worker(imports: tuple[str, ...]) -> None:
-    """One compute thread per worker process (the pool fills the cores)."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_num_threads(1)
-    _import_all(imports)
-
-
-def _import_all(imports: Iterable[str]) -> None:
-    for module in imports:
-        importlib.import_module(module)
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """Temporarily sets environment variables (inherited by children)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-class InlineExecutor:
-    """Runs each run in this process, one after the other.
-
-    This process must already use the study's backend; its thread
-    settings are left as they are.
-    """
-
-    def __init__(self, imports: Iterable[str] = ()):
-        self.imports = tuple(imports)
-
-    def map_unordered(
-        self, fn: TrainFn, configs: Iterable[RunConfig]
-    ) -> Iterator[Outcome]:
-        """Yields `(config, result or exception)` as runs finish."""
-        _import_all(self.imports)
-        for config in configs:
-            try:
-                yield config, fn(config)
-            except Exception as error:
-                yield config, error
-
-
-class LocalExecutor:
-    """A pool of `workers` spawned processes, all on `backend`.
-
-    Each worker is started with `worker_env(backend)` in its environment,
-    so it imports Keras on that backend whatever this process uses.
-
-    Example:
-
-    >>> executor = LocalExecutor(workers=2, backend="torch")
-    >>> for config, result in executor.map_unordered(train_run, runs):
-    ...     print(config.key, result)  # doctest: +SKIP
-    """
-
-    def __init__(self, workers: int, backend: str, imports: Iterable[str] = ()):
-        self.workers = workers
-        self.backend = backend
-        self.imports = tuple(imports)
-
-    def map_unordered(
-        self, fn: TrainFn, configs: Iterable[RunConfig]
-    ) -> Iterator[Outcome]:
-        """Yields `(config, result or exception)` as runs finish."""
-        configs = list(configs)
-        workers = max(1, min(self.workers, len(configs)))
-        context = multiprocessing.get_context("spawn")
-        # Workers are spawned as tasks are submitted; they inherit the
-        # environment set here for the pool's whole life.
-        with _environ(worker_env(self.backend)):
-            pool = futures.ProcessPoolExecutor(workers, context)
-            try:
-                pending = {
-                    pool.submit(execute, fn, c, self.imports): c
-                    for c in configs
-                }
-                for future in futures.as_completed(pending):
-                    config = pending.pop(future)
-                    error = future.exception()
-                    yield config, future.result() if error is None else error
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-
-class RayExecutor:
-    """Runs on a Ray cluster: one CPU per run, workers on `backend`.
-
-    Needs `pip install ray` (or `pip install keras-dreg[study]`) and
-    keras-dreg installed on every node. Joins the cluster at `address`
-    (`None`: the running local instance, or a new one that is shut down
-    afterwards). `max_in_flight` bounds the runs submitted at once.
-
-    Example:
-
-    >>> executor = RayExecutor(backend="jax", address="auto")
-    """
-
-    def __init__(
-        self,
-        backend: str,
-        address: str | None = None,
-        imports: Iterable[str] = (),
-        max_in_flight: int = 256,
-    ):
-        self.backend = backend
-        self.address = address
-        self.imports = tuple(imports)
-        self.max_in_flight = max_in_flight
-
-    def map_unordered(
-        self, fn: TrainFn, configs: Iterable[RunConfig]
-    ) -> Iterator[Outcome]:
-        """Yields `(config, result or exception)` as runs finish."""
-        ray = _import_ray()
-        started = not ray.is_initialized()
-        if started:
-            local = {} if self.address else {"include_dashboard": False}
-            ray.init(address=self.address, **local)
-        env = {"env_vars": worker_env(self.backend)}
-        remote = ray.remote(num_cpus=1, runtime_env=env)(execute)
-        todo = iter(configs)
-        pending = {}
-        try:
-            while True:
-                for config in itertools.islice(
-                    todo, self.max_in_flight - len(pending)
-                ):
-                    ref = remote.remote(fn, config, self.imports)
-                    pending[ref] = config
-                if not pending:
-                    break
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                yield pending.pop(ref), _ray_result(ray, ref)
-        finally:
-            for ref in pending:
-                ray.cancel(ref)
-            if started:
-                ray.shutdown()
-
-
-def _ray_result(ray, ref) -> RunResult | BaseException:
-    try:
-        return ray.get(ref)
-    except Exception as error:
-        return error
-
-
-def _import_ray():
-    try:
-        import ray
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(
-            "The Ray executor needs Ray: `pip install keras-dreg[study]` or "
-            "`pip install ray`."
-        ) from error
-    return ray
-
-
-def make_executor(study: StudyConfig):
-    """The executor `study` asks for (`executor` and `workers`).
-
-    Example:
-
-    >>> make_executor(preset("quick").replace(workers=0))
-    <...InlineExecutor object at ...>
-    """
-    backend = resolve_backend(study)
-    if study.executor == "ray":
-        return RayExecutor(backend, study.ray_address, study.imports)
-    workers = study.workers
-    if workers is None:
-        workers = os.cpu_count() or 1
-    if workers == 0:
-        return InlineExecutor(study.imports)
-    return LocalExecutor(workers, backend, study.imports)
 
 
 # --------------------------------------------------------------------------
@@ -550,7 +296,7 @@ def run_study(
             len(todo), verbose=int(verbose), unit_name="run"
         )
         for config, outcome in executor.map_unordered(train_fn, todo):
-            _record(store, progress, config, outcome, verbose)
+            _record(store, progress, config, outcome, verbose, study.name)
             bar.update(progress.finished + len(progress.failed))
     return progress
 
@@ -561,6 +307,7 @@ def _record(
     config: RunConfig,
     outcome: RunResult | BaseException,
     verbose: bool,
+    preset: str,
 ) -> None:
     if isinstance(outcome, BaseException):
         message = "".join(traceback.format_exception_only(outcome)).strip()
@@ -568,5 +315,5 @@ def _record(
         if verbose:
             print(f"\nrun failed: {config}\n  {message}", file=sys.stderr)
     else:
-        store.add(outcome)
+        store.add(outcome, preset=preset)
         progress.finished += 1

@@ -14,12 +14,11 @@ runs and a score:
 
 Regularizers are compared on matched cells: runs that agree on every
 setting but the regularizer (activation, data set, train fraction,
-seed, epochs, batch size, learning rate, backend). DREG is tested
-against each other regularizer with `scipy.stats.wilcoxon` (two-sided,
-zero differences dropped) over the cells both have; the p-values of one
-analysis form one family, corrected with Holm's step-down method.
-Effect sizes are the median paired difference and the matched-pairs
-rank-biserial correlation.
+seed, epochs, batch size, learning rate, backend, code version). This
+module holds the building blocks (scores, summaries, ranks, the
+Wilcoxon test, Holm's correction, the rank-biserial correlation); the
+tests of the findings, over units of analysis, are in
+`keras_dreg.study.verdicts`.
 """
 
 import dataclasses
@@ -44,6 +43,7 @@ CELL_FIELDS = (
     "batch_size",
     "learning_rate",
     "backend",
+    "code",
 )
 
 Row = Mapping[str, Any]
@@ -85,36 +85,6 @@ class Summary:
     n: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """A paired Wilcoxon signed-rank test of the reference vs `other`.
-
-    Differences are `reference - other` per matched cell; `wins`,
-    `ties` and `losses` count them from the reference's side.
-    `rank_biserial` lies in [-1, 1], positive when the reference is
-    better. `p_holm` is Holm-adjusted within its family of tests.
-
-    Example:
-
-    >>> # Skipped: `rows` are a finished study's results.
-    >>> comparisons = compare(scores(rows, "overall"))  # doctest: +SKIP
-    >>> [(c.other, c.wins, c.p_holm) for c in comparisons]  # doctest: +SKIP
-    [('igpen', 10, 1.0), ...]
-    """
-
-    other: str
-    n: int
-    wins: int
-    ties: int
-    losses: int
-    mean_diff: float
-    median_diff: float
-    rank_biserial: float
-    statistic: float
-    p_value: float
-    p_holm: float
-
-
 def scores(rows: Iterable[Row], analysis: str) -> list[Score]:
     """The runs of `analysis` (see the module docstring) and their scores.
 
@@ -147,7 +117,7 @@ def scores(rows: Iterable[Row], analysis: str) -> list[Score]:
 
 def to_score(row: Row, field: str = "accuracy") -> Score:
     """A row's `Score`: its cell, regularizer and the value of `field`."""
-    cell = tuple(row[f] for f in CELL_FIELDS)
+    cell = tuple(row.get(f) for f in CELL_FIELDS)
     return Score(cell, row["regularizer"], float(row[field]), row)
 
 
@@ -227,17 +197,6 @@ def average_ranks(
     return dict(zip(regularizers, ranks.mean(axis=0).tolist())), len(complete)
 
 
-def paired(
-    selected: Iterable[Score], a: str, b: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of `a` and `b` on the cells that have both, matched."""
-    cells = [c for c in by_cell(selected).values() if a in c and b in c]
-    return (
-        np.array([c[a] for c in cells], dtype=float),
-        np.array([c[b] for c in cells], dtype=float),
-    )
-
-
 def rank_biserial(differences: Sequence[float]) -> float:
     """Matched-pairs rank-biserial correlation of paired differences.
 
@@ -300,46 +259,6 @@ def wilcoxon(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def compare(
-    selected: Sequence[Score],
-    reference: str = REFERENCE,
-    others: Sequence[str] | None = None,
-) -> list[Comparison]:
-    """Paired Wilcoxon tests of `reference` vs each other regularizer.
-
-    The tests form one family: `p_holm` is Holm-adjusted over them.
-
-    Example:
-
-    >>> for c in compare(scores(rows, "overall")):  # doctest: +SKIP
-    ...     print(c.other, c.median_diff, c.p_holm)
-    """
-    if others is None:
-        present = {s.regularizer for s in selected}
-        others = sorted(present - {reference})
-    raw = []
-    for other in others:
-        x, y = paired(selected, reference, other)
-        d = x - y
-        statistic, p = wilcoxon(x, y)
-        raw.append(
-            dict(
-                other=other,
-                n=len(d),
-                wins=int(np.sum(d > 0)),
-                ties=int(np.sum(d == 0)),
-                losses=int(np.sum(d < 0)),
-                mean_diff=float(d.mean()) if len(d) else np.nan,
-                median_diff=float(np.median(d)) if len(d) else np.nan,
-                rank_biserial=rank_biserial(d),
-                statistic=statistic,
-                p_value=p,
-            )
-        )
-    adjusted = holm([r["p_value"] for r in raw])
-    return [Comparison(**r, p_holm=float(a)) for r, a in zip(raw, adjusted)]
-
-
 def best_attainable_p(n: int, family_size: int = 1) -> float:
     """The smallest Holm-adjusted p a two-sided test of `n` pairs can give.
 
@@ -356,34 +275,3 @@ def best_attainable_p(n: int, family_size: int = 1) -> float:
     if n < 1:
         return 1.0
     return min(1.0, family_size * 2.0 / 2.0**n)
-
-
-def advantage_by_fraction(
-    rows: Iterable[Row], reference: str = REFERENCE
-) -> dict[float, dict[tuple, float]]:
-    """The reference's advantage per train fraction and matched cell.
-
-    The advantage in a cell is the reference's clean accuracy minus the
-    mean of the other regularizers' in that cell; only cells that have
-    every regularizer count. Cells are keyed without the fraction, so
-    one cell can be followed across fractions.
-
-    Example:
-
-    >>> # Skipped: `rows` are a finished study's results.
-    >>> adv = advantage_by_fraction(rows)  # doctest: +SKIP
-    >>> {f: np.mean(list(c.values())) for f, c in adv.items()}  # doctest: +SKIP
-    {0.1: 0.031, 0.25: 0.018, 1.0: 0.004}
-    """
-    selected = [to_score(row) for row in rows]
-    regularizers = sorted({s.regularizer for s in selected})
-    if reference not in regularizers or len(regularizers) < 2:
-        return {}
-    at = CELL_FIELDS.index("train_fraction")
-    result = defaultdict(dict)
-    for cell, values in by_cell(selected).items():
-        if all(r in values for r in regularizers):
-            others = [values[r] for r in regularizers if r != reference]
-            short = cell[:at] + cell[at + 1 :]
-            result[cell[at]][short] = values[reference] - float(np.mean(others))
-    return dict(sorted(result.items()))

@@ -47,7 +47,14 @@ _RUN_COLUMNS = (
     ("wall_time", "REAL NOT NULL"),
     ("versions", "TEXT NOT NULL"),
     ("finished_at", "TEXT NOT NULL"),
+    ("options", "TEXT"),
+    ("code", "TEXT"),
+    ("git_commit", "TEXT"),
+    ("preset", "TEXT"),
+    ("task", "TEXT"),
 )
+"""Columns; the last five (provenance) are NULL in files from before them."""
+_PROVENANCE = ("options", "code", "git_commit", "preset", "task")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     {", ".join(f"{name} {kind}" for name, kind in _RUN_COLUMNS)}
@@ -77,6 +84,9 @@ class RunResult:
         wall_time: Seconds to build, train and score the model (data
             loading, cached per worker, is left out).
         versions: Package versions, e.g. `{"keras": "3.15.1", ...}`.
+        task: The data set's kind (`"image"`, `"text"`, ...).
+        git_commit: The checkout's commit (`provenance.git_commit`), or
+            `None` outside a git checkout.
 
     Example:
 
@@ -93,12 +103,17 @@ class RunResult:
     epochs_run: int
     wall_time: float
     versions: dict[str, str]
+    task: str | None = None
+    git_commit: str | None = None
 
     def as_row(self) -> dict[str, Any]:
-        """The row stored for this run (without `finished_at`)."""
+        """The row stored for this run (without `finished_at`, `preset`)."""
         return {
             "key": self.config.key,
             **dataclasses.asdict(self.config),
+            "options": json.dumps(self.config.options, sort_keys=True),
+            "task": self.task,
+            "git_commit": self.git_commit,
             "messy": int(self.messy),
             "accuracy": float(self.accuracy),
             "noisy_accuracy": float(self.noisy_accuracy),
@@ -128,6 +143,12 @@ class ResultStore:
         self._conn.row_factory = sqlite3.Row
         with self._conn:
             self._conn.executescript(_SCHEMA)
+            columns = {
+                r[1] for r in self._conn.execute("PRAGMA table_info(runs)")
+            }
+            for name in _PROVENANCE:
+                if name not in columns:
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name}")
 
     def __enter__(self) -> "ResultStore":
         return self
@@ -139,14 +160,16 @@ class ResultStore:
         """Close the connection."""
         self._conn.close()
 
-    def add(self, result: RunResult) -> bool:
+    def add(self, result: RunResult, preset: str | None = None) -> bool:
         """Insert one run's row in its own transaction.
 
+        `preset` names the grid the run was part of (`StudyConfig.name`).
         Returns `False`, and changes nothing, when a row with the same key
         is already there.
         """
         row = result.as_row()
         row["finished_at"] = _now()
+        row["preset"] = preset
         names = [name for name, _ in _RUN_COLUMNS]
         sql = (
             f"INSERT OR IGNORE INTO runs ({', '.join(names)}) "
@@ -160,15 +183,19 @@ class ResultStore:
         return {r[0] for r in self._conn.execute("SELECT key FROM runs")}
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every stored run as a dict; `versions` is parsed, `messy` a bool.
+        """Every stored run as a dict; `versions` and `options` are
+        parsed, `messy` a bool.
 
-        Rows come in the order they were stored.
+        Rows come in the order they were stored; provenance columns of
+        rows stored before they existed are `None`.
         """
         rows = []
         for r in self._conn.execute("SELECT * FROM runs ORDER BY rowid"):
             row = dict(r)
             row["messy"] = bool(row["messy"])
             row["versions"] = json.loads(row["versions"])
+            if row["options"] is not None:
+                row["options"] = json.loads(row["options"])
             rows.append(row)
         return rows
 
