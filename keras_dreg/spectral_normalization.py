@@ -110,6 +110,10 @@ def output_layers(model: keras.Model) -> set[int]:
 
     Example:
 
+    >>> inputs = keras.Input((4,))
+    >>> hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    >>> head = keras.layers.Dense(2)
+    >>> model = keras.Model(inputs, head(hidden))
     >>> heads = output_layers(model)
     >>> id(model.layers[-1]) in heads  # a final Dense(num_classes)
     True

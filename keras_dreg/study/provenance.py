@@ -75,6 +75,12 @@ def code_identity(backend: str) -> str:
 
     Read without importing the backend (package metadata), so a process
     on another backend computes the same identity.
+
+    Example:
+
+    ```python
+    identity = code_identity("jax")  # a hash of the code and versions
+    ```
     """
     libraries = ("keras", "numpy", *_BACKEND_PACKAGES.get(backend, ()))
     parts = [f"keras_dreg {keras_dreg.__version__} src {source_hash()}"]

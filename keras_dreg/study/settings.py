@@ -52,7 +52,7 @@ Example:
 >>> setting = SETTINGS["weight_decay"]
 >>> setting.lam
 0.00025
->>> model, optimizer = setting.build(model, learning_rate=1e-3)
+>>> model, optimizer = setting.build(model, 1e-3)  # doctest: +SKIP
 """
 
 import dataclasses
@@ -80,6 +80,13 @@ class Setting:
         options: Further `regularize` options.
         weight_decay: AdamW's decoupled decay; `None` trains with Adam.
         source: Where `lam` (or `weight_decay`) comes from.
+
+    Example:
+
+    ```python
+    setting = SETTINGS["dreg"]
+    setting.lam  # 10**-2.5
+    ```
     """
 
     name: str

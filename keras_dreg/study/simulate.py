@@ -42,7 +42,14 @@ _TASKS = {
 
 @dataclasses.dataclass(frozen=True)
 class Design:
-    """A study's grid, for simulation."""
+    """A study's grid, for simulation.
+
+    Example:
+
+    ```python
+    design = Design(datasets=8, seeds=5)
+    ```
+    """
 
     datasets: tuple[str, ...]
     activations: tuple[str, ...]
@@ -83,7 +90,14 @@ def _effect(world: str, regularizer: str, fraction: float) -> float:
 def simulate_rows(
     design: Design, world: str, rng: np.random.Generator
 ) -> list[dict]:
-    """The rows of one simulated study; see the module docstring."""
+    """The rows of one simulated study; see the module docstring.
+
+    Example:
+
+    ```python
+    rows = simulate_rows(Design(), effect=0.03, seed=0)
+    ```
+    """
     if world not in WORLDS:
         raise ValueError(f"world must be one of {WORLDS}.")
     bases = sorted({d.removesuffix("_messy") for d in design.datasets})

@@ -96,6 +96,13 @@ class Test:
     0.01 = 1 pp); `claimed` is +1 when the finding claims the reference
     is better, -1 when worse. `p_holm` is Holm-adjusted within the
     finding's family of `family_size` tests.
+
+    Example:
+
+    ```python
+    tests = family(units, "dreg", ["none", "weight_decay"])
+    tests[0].p_holm
+    ```
     """
 
     label: str
@@ -154,7 +161,15 @@ class Test:
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """A finding of the preprint, the verdict, its tests and evidence."""
+    """A finding of the preprint, the verdict, its tests and evidence.
+
+    Example:
+
+    ```python
+    finding = findings(rows)[0]
+    finding.verdict  # REPRODUCED, NOT REPRODUCED or INCONCLUSIVE
+    ```
+    """
 
     name: str
     claim: str
@@ -188,7 +203,7 @@ def detectable_effect(differences: Sequence[float], family_size: int) -> float:
     Example:
 
     >>> round(detectable_effect([0.01, 0.02, 0.0, 0.01, 0.03, 0.02], 1), 4)
-    0.0156
+    0.0149
     """
     d = np.asarray(differences, dtype=float)
     n = len(d)
@@ -218,7 +233,7 @@ def unit_scores(
     Example:
 
     >>> units = unit_scores(rows, "overall", REGULARIZERS)  # doctest: +SKIP
-    >>> len(units)  # data sets x activations
+    >>> len(units)  # data sets x activations  # doctest: +SKIP
     8
     """
     rows = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
@@ -243,6 +258,12 @@ def family(
 
     `claims` maps each other regularizer to the claimed sign (+1: the
     reference is better).
+
+    Example:
+
+    ```python
+    tests = family(units, "dreg", ["none", "weight_decay", "igpen"])
+    ```
     """
     raw = []
     for other, claimed in claims.items():
@@ -269,7 +290,14 @@ def _relabel(tests: Sequence[Test]) -> list[Test]:
 
 
 def judge(tests: Sequence[Test], missing: Sequence[str] = ()) -> str:
-    """The three-way verdict of a finding's tests; see the module doc."""
+    """The three-way verdict of a finding's tests; see the module doc.
+
+    Example:
+
+    ```python
+    verdict = judge(family(units, "dreg", ["none"]))
+    ```
+    """
     statuses = {t.status for t in tests}
     if "contradicts" in statuses:
         return NOT_REPRODUCED
@@ -393,6 +421,12 @@ def scarcity_units(
     minus the mean of the other regularizers of the preprint's six;
     seeds are averaged within a unit, keyed without its fraction so a
     unit can be followed across fractions.
+
+    Example:
+
+    ```python
+    units = scarcity_units(rows)
+    ```
     """
     present = _present(rows)
     if reference not in present or len(present) < 2:
