@@ -18,17 +18,6 @@ import pytest
 
 import keras_dreg
 
-# Core modules being rewritten (issue #14): their docstrings are not run
-# until the rewrite lands. The core engineer empties this list after it.
-CORE_MODULES_NOT_YET_DOCTESTED = [
-    "keras_dreg/capture.py",
-    "keras_dreg/model.py",
-    "keras_dreg/penalized_model.py",
-    "keras_dreg/penalty.py",
-    "keras_dreg/regularizers.py",
-    "keras_dreg/penalties",
-]
-collect_ignore = list(CORE_MODULES_NOT_YET_DOCTESTED)
 
 
 @pytest.fixture(autouse=True)

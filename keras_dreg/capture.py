@@ -500,10 +500,13 @@ class ActivationCapture:
 
     Example:
 
-    >>> capture = ActivationCapture(find_regularized_layers(model))
-    >>> with capture.recording() as records:
-    ...     _ = model(x, training=True)
-    >>> records[0][0].pre_activation.shape
+    >>> inputs = keras.Input((4,))
+    >>> x = keras.layers.Dense(8, activation="gelu")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    >>> recorder = ActivationCapture(find_regularized_layers(model))
+    >>> with recorder.recording() as records:
+    ...     _ = model(np.ones((2, 4)), training=True)
+    >>> tuple(records[0][0].pre_activation.shape)
     (2, 8)
     """
 

@@ -200,9 +200,10 @@ def position_weight_norms(
 
     >>> layer = keras.layers.Conv1D(1, 3, padding="same", use_bias=False)
     >>> layer.build((None, 4, 1))
-    >>> layer.kernel.assign(np.ones((3, 1, 1)))
-    >>> position_weight_norms(layer, (None, 4, 1))[:, 0]
-    array([2., 3., 3., 2.], dtype=float32)
+    >>> _ = layer.kernel.assign(np.ones((3, 1, 1)))
+    >>> norms = position_weight_norms(layer, (None, 4, 1))
+    >>> keras.ops.convert_to_numpy(norms)[:, 0].tolist()
+    [2.0, 3.0, 3.0, 2.0]
     """
     ones = ops.ones((1,) + _spatial_shape(layer, input_shape) + (1,))
     taps = _tap_norms(layer)
@@ -280,8 +281,9 @@ def squared_column_norms(kernel) -> keras.KerasTensor:
 
     Example:
 
-    >>> squared_column_norms(np.array([[3.0, 1.0], [4.0, 0.0]]))
-    array([25., 1.], dtype=float32)
+    >>> norms = squared_column_norms(np.array([[3.0, 1.0], [4.0, 0.0]]))
+    >>> keras.ops.convert_to_numpy(norms).tolist()
+    [25.0, 1.0]
     """
 
     def squared_norms(kernel):

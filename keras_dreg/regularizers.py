@@ -85,10 +85,18 @@ def regularize(
 
     Example: the study's six runs.
 
+    >>> def build_model():
+    ...     inputs = keras.Input((4,))
+    ...     x = keras.layers.Dense(8, activation="gelu")(inputs)
+    ...     return keras.Model(inputs, keras.layers.Dense(3)(x))
+    >>> x, y = np.ones((8, 4)), np.zeros(8)
     >>> for name in keras_dreg.REGULARIZERS:
     ...     model = keras_dreg.regularize(build_model(), name)
     ...     model.compile("adam", "sparse_categorical_crossentropy")
-    ...     model.fit(x, y)
+    ...     _ = model.fit(x, y, verbose=0)
+    >>> model = keras_dreg.regularize(keras_dreg.wrap(build_model()), "igpen")
+    >>> [p.name for p in model.penalties]  # DREG and IGPen together
+    ['dreg', 'igpen']
     """
     if name not in REGULARIZERS:
         raise ValueError(

@@ -148,8 +148,12 @@ def input_vjp(model: keras.Model, x, head: Callable):
 
     Example: the input gradient of the sum of the outputs.
 
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> x = np.ones((4, 3), "float32")
     >>> outputs, pullback = input_vjp(model, x, lambda y: [ops.sum(y)])
     >>> (grad_x,) = pullback([ops.ones(())])
+    >>> tuple(grad_x.shape)
+    (4, 3)
     """
     _check_not_torch_compiled(model)
     if not model.built:
