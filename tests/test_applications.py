@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import keras_dreg
+from tests.conftest import to_numpy
 
 KERNEL_CLASSES = {
     "Dense",
@@ -182,12 +183,8 @@ def _site_map(model):
     }
 
 
-def _numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
 def _derivative(site, z):
-    return _numpy(site.activation.derivative(keras.ops.convert_to_tensor(z)))
+    return to_numpy(site.activation.derivative(keras.ops.convert_to_tensor(z)))
 
 
 def test_expected_sites_reader_on_a_small_graph():
@@ -298,12 +295,12 @@ def test_one_fit_step(name, application):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(2, SIZE, SIZE, 3)).astype("float32")
     y = np.array([0, 3])
-    before = [_numpy(w) for w in base.trainable_weights[:4]]
+    before = [to_numpy(w) for w in base.trainable_weights[:4]]
     logs = model.fit(x, y, batch_size=2, epochs=1, verbose=0).history
     assert np.isfinite(logs["loss"][0])
     assert np.isfinite(logs["dreg_penalty"][0]) and logs["dreg_penalty"][0] > 0
     assert logs["loss"][0] > logs["dreg_penalty"][0]
-    after = [_numpy(w) for w in base.trainable_weights[:4]]
+    after = [to_numpy(w) for w in base.trainable_weights[:4]]
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))
 
 

@@ -14,6 +14,7 @@ from keras.src.activations import ALL_OBJECTS
 from keras_dreg import penalty
 from keras_dreg.derivatives import describe_activation
 from keras_dreg.derivatives import register_derivative
+from tests.conftest import to_numpy
 
 BACKEND = keras.backend.backend()
 partial = functools.partial
@@ -144,10 +145,6 @@ def sample_points(shape=(293,), seed=0):
     z = np.random.default_rng(seed).uniform(-7.5, 7.5, size=shape)
     near_kink = np.abs(z[..., None] - KINKS).min(axis=-1) < 1e-3
     return np.where(near_kink, z + 2e-3, z)
-
-
-def to_numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def grad_of_sum(fn, z):

@@ -11,11 +11,11 @@ import pytest
 
 import keras_dreg
 from keras_dreg.penalties import Batch
+from tests.conftest import LOSS
 
 RNG = np.random.default_rng(2)
 X = RNG.normal(size=(32, 6)).astype("float32")
 Y = RNG.integers(0, 2, size=(32,))
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 @pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])

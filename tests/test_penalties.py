@@ -27,15 +27,12 @@ from keras_dreg.penalties import InputGradientPenalty
 from keras_dreg.penalties import JacobianPenalty
 from keras_dreg.penalties import WeightDecay
 from tests import autodiff
+from tests.conftest import LOSS
+from tests.conftest import to_numpy
 
 FIXTURE = os.path.join(
     os.path.dirname(__file__), "fixtures", "igpen_parity.npz"
 )
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def _wrapped(model, penalty):
@@ -126,7 +123,7 @@ def test_weight_decay_is_lam_times_the_sum_of_squared_kernels():
         np.sum(v.numpy().astype(np.float64) ** 2) for v in kernels
     )
     wrapped = _wrapped(model, WeightDecay(0.3))
-    value = _numpy(wrapped.penalties[0](wrapped, Batch(None, None, None)))
+    value = to_numpy(wrapped.penalties[0](wrapped, Batch(None, None, None)))
     np.testing.assert_allclose(value, expected, rtol=1e-6)
     x = np.zeros((2, 6, 6, 2), "float32")
     logs = wrapped.train_on_batch(x, np.zeros(2), return_dict=True)
@@ -164,7 +161,7 @@ def test_igpen_squared_norms_are_per_example():
     model, x, y = _tanh_mlp()
     params = [w.astype("float64") for w in model.get_weights()]
     wrapped = _wrapped(model, InputGradientPenalty())
-    norms = _numpy(wrapped.penalties[0].squared_norms(wrapped, x, y))
+    norms = to_numpy(wrapped.penalties[0].squared_norms(wrapped, x, y))
     reference = _fd_input_gradient(params, x.astype("float64"), y)
     np.testing.assert_allclose(norms, np.sum(reference**2, axis=1), rtol=1e-4)
 
@@ -186,12 +183,12 @@ def test_igpen_with_its_own_loss_needs_no_compiled_model(loss):
     penalty = InputGradientPenalty(loss=loss)
     uncompiled = keras_dreg.PenalizedWrapper(model, penalties=[penalty])
     norms = penalty.squared_norms(uncompiled, x, y)
-    np.testing.assert_allclose(_numpy(norms), _numpy(expected), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(norms), to_numpy(expected), rtol=1e-6)
     if loss is not PER_EXAMPLE_LOSS:
         config = keras.saving.serialize_keras_object(penalty)
         restored = keras.saving.deserialize_keras_object(config)
         np.testing.assert_allclose(
-            _numpy(restored.squared_norms(uncompiled, x, y)), _numpy(norms)
+            to_numpy(restored.squared_norms(uncompiled, x, y)), to_numpy(norms)
         )
 
 
@@ -272,8 +269,8 @@ def test_token_inputs_differentiate_the_embedding_output(
         expected = wrapped_tail.penalties[0].squared_norms(
             wrapped_tail, embedded
         )
-    assert np.all(_numpy(expected) > 0)
-    np.testing.assert_allclose(_numpy(norms), _numpy(expected), rtol=1e-5)
+    assert np.all(to_numpy(expected) > 0)
+    np.testing.assert_allclose(to_numpy(norms), to_numpy(expected), rtol=1e-5)
 
 
 def test_integer_inputs_without_embedding_raise():
@@ -313,9 +310,9 @@ def test_exact_jacobian_matches_autodiff():
     expected = _autodiff_jacobian_norms(model, x)
     wrapped = _wrapped(model, JacobianPenalty(lam=0.2, exact=True))
     penalty = wrapped.penalties[0]
-    norms = _numpy(penalty.squared_norms(wrapped, x))
+    norms = to_numpy(penalty.squared_norms(wrapped, x))
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
-    value = _numpy(penalty(wrapped, Batch(x, None, None)))
+    value = to_numpy(penalty(wrapped, Batch(x, None, None)))
     np.testing.assert_allclose(value, 0.2 * np.mean(expected), rtol=1e-5)
 
 
@@ -327,7 +324,7 @@ def test_projected_jacobian_is_unbiased(num_projections):
     penalty = JacobianPenalty(num_projections=num_projections, seed=1)
     wrapped = _wrapped(model, penalty)
     # Each row of the repeated batch draws its own projections.
-    draws = _numpy(penalty.squared_norms(wrapped, np.repeat(x, 4000, 0)))
+    draws = to_numpy(penalty.squared_norms(wrapped, np.repeat(x, 4000, 0)))
     assert np.std(draws) > 0.05 * expected  # they are random
     standard_error = np.std(draws) / np.sqrt(len(draws))
     assert abs(np.mean(draws) - expected) < 3 * standard_error
@@ -348,7 +345,7 @@ def test_exact_jacobian_through_attention_matches_autodiff():
     x = np.random.default_rng(3).normal(size=(4, 3, 4)).astype("float32")
     expected = _autodiff_jacobian_norms(model, x)
     wrapped = _wrapped(model, JacobianPenalty(exact=True))
-    norms = _numpy(wrapped.penalties[0].squared_norms(wrapped, x))
+    norms = to_numpy(wrapped.penalties[0].squared_norms(wrapped, x))
     np.testing.assert_allclose(norms, expected, rtol=1e-5)
     logs = wrapped.train_on_batch(x, np.zeros(4), return_dict=True)
     assert np.isfinite(logs["loss"]) and logs["jacobian_penalty"] > 0
@@ -389,7 +386,7 @@ def _penalized(form, penalty):
 
 
 def _seed(penalty):
-    return tuple(_numpy(penalty.seed_generator.state.value))
+    return tuple(to_numpy(penalty.seed_generator.state.value))
 
 
 def _penalties_and_seeds(model, penalty, jit_compile, steps):

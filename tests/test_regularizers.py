@@ -15,12 +15,13 @@ import pytest
 
 import keras_dreg
 from keras_dreg.penalties import Batch
+from tests.conftest import LOSS
+from tests.conftest import to_numpy
 
 BACKEND = keras.backend.backend()
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(32, 8, 8, 1)).astype("float32")
 Y = RNG.integers(0, 3, size=(32,))
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 PENALTY_BASED = ("weight_decay", "igpen", "jacobian", "dreg")
 JIT = {"tensorflow": [False, True], "jax": [True], "torch": [False]}[BACKEND]
 
@@ -45,10 +46,6 @@ def _compile(model, lr=1e-2, jit_compile="auto"):
         optimizer=keras.optimizers.SGD(lr), loss=LOSS, jit_compile=jit_compile
     )
     return model
-
-
-def _numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def test_the_six_names():
@@ -83,7 +80,7 @@ def test_each_trains_a_gelu_cnn_and_saves(name, tmp_path):
     for v, w in zip(loaded.weights, model.weights):
         np.testing.assert_array_equal(v.numpy(), w.numpy(), err_msg=w.path)
     np.testing.assert_allclose(
-        _numpy(loaded(X[:4])), _numpy(model(X[:4])), atol=1e-6
+        to_numpy(loaded(X[:4])), to_numpy(model(X[:4])), atol=1e-6
     )
 
 
@@ -182,7 +179,7 @@ def test_spectral_norm_copies_the_weights_and_wraps_each_kernel_layer():
 
 
 def _largest_singular_value(kernel):
-    kernel = _numpy(kernel)
+    kernel = to_numpy(kernel)
     return np.linalg.svd(
         kernel.reshape(-1, kernel.shape[-1]), compute_uv=False
     )[0]
@@ -214,7 +211,7 @@ def test_spectral_norm_infers_with_the_normalized_kernels():
     model.fit(x, np.arange(16) % 2, epochs=2, batch_size=4, verbose=0)
     hidden, head = _spectral_layers(model)
     kernels = [
-        _numpy(layer.normalized_weights()[1]) for layer in (hidden, head)
+        to_numpy(layer.normalized_weights()[1]) for layer in (hidden, head)
     ]
     expected = (
         np.tanh(x @ kernels[0] + hidden.layer.bias.numpy()) @ kernels[1]
@@ -251,7 +248,7 @@ def test_logged_penalty_equals_the_direct_value(jit_compile, name, options):
     logs = model.train_on_batch(X, Y, return_dict=True)
     direct = model.penalties[0](model, Batch(X, Y, None))
     np.testing.assert_allclose(
-        logs[f"{name}_penalty"], _numpy(direct), rtol=1e-5
+        logs[f"{name}_penalty"], to_numpy(direct), rtol=1e-5
     )
     plain = model.evaluate(X, Y, batch_size=32, verbose=0)
     np.testing.assert_allclose(

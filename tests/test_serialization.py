@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import keras_dreg
+from tests.conftest import to_numpy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
@@ -41,10 +42,6 @@ Y = RNG.integers(0, 3, size=(16,))
 BATCH = 8  # two steps per epoch
 
 
-def _numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
-
-
 # For these tiny models, tracing a TensorFlow step costs more than running
 # it eagerly; on JAX, eager ops each compile, so a compiled step is faster.
 FAST_EAGER = BACKEND == "tensorflow"
@@ -60,7 +57,7 @@ def _compile(model, run_eagerly=FAST_EAGER):
 
 
 def _predict(model, x):
-    return _numpy(model(x, training=False))
+    return to_numpy(model(x, training=False))
 
 
 def _fit(model, epochs=1, **kwargs):
@@ -278,16 +275,18 @@ def test_save_load_round_trip_and_training_continues(form, tmp_path):
         _predict(loaded, X), _predict(model, X), rtol=1e-6
     )
     np.testing.assert_allclose(
-        _numpy(loaded.dreg_penalty(X)), _numpy(model.dreg_penalty(X)), rtol=1e-6
+        to_numpy(loaded.dreg_penalty(X)),
+        to_numpy(model.dreg_penalty(X)),
+        rtol=1e-6,
     )
     terms = {
-        k: _numpy(v) for k, v in model.dreg_penalty(X, per_layer=True).items()
+        k: to_numpy(v) for k, v in model.dreg_penalty(X, per_layer=True).items()
     }
     loaded_terms = loaded.dreg_penalty(X, per_layer=True)
     assert list(loaded_terms) == names
     for name in names:
         np.testing.assert_allclose(
-            _numpy(loaded_terms[name]), terms[name], rtol=1e-6
+            to_numpy(loaded_terms[name]), terms[name], rtol=1e-6
         )
 
     # Training continues where it stopped: the loaded model (optimizer
@@ -460,11 +459,11 @@ def test_model_saved_on_another_backend_loads(tmp_path):
         _predict(loaded, x), saved["predictions"], rtol=1e-5, atol=1e-5
     )
     np.testing.assert_allclose(
-        _numpy(loaded.dreg_penalty(x)), saved["penalty"], rtol=1e-5, atol=1e-5
+        to_numpy(loaded.dreg_penalty(x)), saved["penalty"], rtol=1e-5, atol=1e-5
     )
     terms = loaded.dreg_penalty(x, per_layer=True)
     np.testing.assert_allclose(
-        [_numpy(terms[n]) for n in saved["names"]],
+        [to_numpy(terms[n]) for n in saved["names"]],
         saved["terms"],
         rtol=1e-5,
         atol=1e-5,
@@ -505,7 +504,7 @@ def test_model_checkpoint_during_fit(tmp_path):
         _predict(restored, X), _predict(model, X), rtol=1e-6
     )
     np.testing.assert_allclose(
-        _numpy(restored.dreg_penalty(X)),
-        _numpy(model.dreg_penalty(X)),
+        to_numpy(restored.dreg_penalty(X)),
+        to_numpy(model.dreg_penalty(X)),
         rtol=1e-6,
     )

@@ -14,12 +14,13 @@ import pytest
 from keras import ops
 
 import keras_dreg
+from tests.conftest import LOSS
+from tests.conftest import to_numpy
 
 BACKEND = keras.backend.backend()
 RNG = np.random.default_rng(3)
 X = RNG.normal(size=(32, 6)).astype("float32")
 Y = RNG.integers(0, 3, size=(32,))
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def _base(seed=0):
@@ -29,10 +30,6 @@ def _base(seed=0):
     x = keras.layers.Dense(8, name="h2")(x)
     x = keras.layers.Activation("tanh", name="act2")(x)
     return keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
-
-
-def _numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def _fit_minus_evaluate(model):
@@ -81,7 +78,7 @@ def test_user_train_step_override_carries_the_penalty():
     base = _base()
     model = CustomStep(base.inputs, base.outputs, lam=1.0)
     gap = _fit_minus_evaluate(model)
-    expected = float(_numpy(model.dreg_penalty(X)))
+    expected = float(to_numpy(model.dreg_penalty(X)))
     assert expected > 0.1
     np.testing.assert_allclose(gap, expected, rtol=1e-5)
 
@@ -90,7 +87,7 @@ def test_functional_fit_loss_minus_evaluate_is_the_penalty():
     model = keras_dreg.wrap(_base(), lam=1.0)
     gap = _fit_minus_evaluate(model)
     np.testing.assert_allclose(
-        gap, float(_numpy(model.dreg_penalty(X))), rtol=1e-5
+        gap, float(to_numpy(model.dreg_penalty(X))), rtol=1e-5
     )
 
 
@@ -136,7 +133,7 @@ def test_jitted_stateless_call_loop_matches_fit():
     assert count == 1
     for value, variable in zip(trainable, fitted.trainable_variables):
         np.testing.assert_allclose(
-            _numpy(value), _numpy(variable.value), atol=1e-6
+            to_numpy(value), to_numpy(variable.value), atol=1e-6
         )
 
 
@@ -151,10 +148,10 @@ def test_stateless_call_reads_the_weights_passed_in():
     )
     for variable, value in zip(model.trainable_variables, trainable):
         variable.assign(value)
-    expected = float(_numpy(model.dreg_penalty(X)))
+    expected = float(to_numpy(model.dreg_penalty(X)))
     # dreg_penalty runs in inference: the same z as training here (no
     # dropout or batch norm in this model).
-    np.testing.assert_allclose(float(_numpy(losses[0])), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(to_numpy(losses[0])), expected, rtol=1e-5)
 
 
 def test_only_training_calls_add_the_penalty():
@@ -300,7 +297,7 @@ def test_one_penalty_object_serves_two_models():
     for model in (first, second):
         gaps.append(_fit_minus_evaluate(model))
     reference = [
-        float(_numpy(keras_dreg.wrap(m.wrapped, lam=1.0).dreg_penalty(X)))
+        float(to_numpy(keras_dreg.wrap(m.wrapped, lam=1.0).dreg_penalty(X)))
         for m in (first, second)
     ]
     np.testing.assert_allclose(gaps, reference, rtol=1e-5)
@@ -338,10 +335,10 @@ def test_masked_positions_are_left_out_of_the_mean():
     base = keras.Model(inputs, keras.layers.Dense(2)(x))
     model = keras_dreg.wrap(base, lam=1.0)
 
-    z = _numpy(base.get_layer("ffn").kernel)
-    embedded = _numpy(base.get_layer("embed").embeddings)[tokens]
-    pre = embedded @ z + _numpy(base.get_layer("ffn").bias)
-    slope = _numpy(
+    z = to_numpy(base.get_layer("ffn").kernel)
+    embedded = to_numpy(base.get_layer("embed").embeddings)[tokens]
+    pre = embedded @ z + to_numpy(base.get_layer("ffn").bias)
+    slope = to_numpy(
         keras_dreg.derivatives.describe_activation("gelu").derivative(
             ops.convert_to_tensor(pre)
         )
