@@ -17,6 +17,9 @@ on, as of Keras 3.12-3.15:
   `"current_call_ctx"`: the `training` flag an outer `Layer.__call__`
   resolved (`Layer._get_call_context`).
 - `keras.src.backend.get_keras_mask`: the mask attached to a tensor.
+- `Layer._get_own_losses()`, which `Layer.losses` calls on a model and
+  each of its sublayers (overridden by `PenalizedModel`, so that its
+  penalties join the losses per thread).
 - Layer attributes `_layers` (direct sublayers), `_flatten_layers()`,
   `_inbound_nodes` / `_outbound_nodes` (the layer graph of Functional
   and Sequential models, `Node.parent_nodes`, `Node.operation`),

@@ -5,8 +5,9 @@ Where each penalty enters training (see `keras_dreg.penalties.base`):
 - Forward penalties (DREG, weight decay) are losses of the training
   forward pass. Every `call` of the model with `training=True` (by
   `__call__`, `fit`, or `stateless_call`) runs inside the penalties'
-  `recording(state)` contexts and ends with `add_loss(value)`, as
-  Keras's activity regularizers do. So every path that sums the model's
+  `recording(state)` contexts and ends by adding each value to the
+  model's `losses` (kept per thread: see `_get_own_losses`), as Keras's
+  activity regularizers add theirs. So every path that sums the model's
   `losses` gets them, with the weights the call used: `fit`, a user's
   `train_step` calling `compute_loss`, JAX `stateless_call(...,
   return_losses=True)` loops under `jax.jit`, TF tapes, torch loops.
@@ -43,9 +44,11 @@ def _adding_penalties(call):
 
     @functools.wraps(call)
     def call_adding_penalties(self, *args, **kwargs):
-        if not self._adds_penalties(kwargs):
-            return call(self, *args, **kwargs)
-        return self._penalized_call(call, args, kwargs)
+        if self._adds_penalties(kwargs):
+            return self._penalized_call(call, args, kwargs)
+        if self._starts_a_forward_pass():
+            self._step_state.losses = []
+        return call(self, *args, **kwargs)
 
     call_adding_penalties._penalized = True
     return call_adding_penalties
@@ -200,16 +203,36 @@ class PenalizedModel(keras.Model):
                 values = {}
                 for penalty in forward:
                     values[penalty.name] = self._scheduled(penalty, batch, step)
-                    value = internals.scale_loss_for_distribution(
-                        values[penalty.name]
-                    )
-                    # `Functional.add_loss` is symbolic-only (it raises);
-                    # the layer's own works in every form of the model.
-                    keras.layers.Layer.add_loss(self, value)
         finally:
             self._step_state.in_forward = False
+        # Raw values: Keras scales `losses` for `tf.distribute` itself.
+        self._step_state.losses = list(values.values())
         self._step_state.forward = (values, step)
         return outputs
+
+    def _starts_a_forward_pass(self) -> bool:
+        """Whether a `call` that adds no penalty is a pass of its own (not
+        a symbolic build, a paused re-run or a call nested in a training
+        pass), which clears the previous pass's penalty losses."""
+        return not (
+            interception.is_paused()
+            or internals.in_symbolic_scope()
+            or getattr(self._step_state, "in_forward", False)
+        )
+
+    def _get_own_losses(self):
+        """Keras's own losses of this model, and the penalties of this
+        thread's last training pass.
+
+        The penalties are kept per thread, not in the model's shared
+        `add_loss` list: TF `MirroredStrategy` replicas run the forward
+        pass in parallel threads, and each replica's loss must carry its
+        own penalty only. `Layer.losses` (`compute_loss`, JAX's
+        `stateless_call(..., return_losses=True)`, an outer model) reads
+        the model's losses through this method.
+        """
+        penalties = getattr(self._step_state, "losses", None) or []
+        return super()._get_own_losses() + list(penalties)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True

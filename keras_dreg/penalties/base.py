@@ -5,7 +5,7 @@ the model and a `Batch`, it returns a scalar. Two kinds:
 
 - *Forward* penalties (`in_forward = True`: DREG, weight decay) depend
   on the weights and on what the forward pass computes. They are added
-  during every `training=True` call of the model with `add_loss`, as
+  during every `training=True` call of the model to its `losses`, as
   Keras's activity regularizers are, so every path that carries the
   model's `losses` carries them: `fit`, a user's `train_step` calling
   `compute_loss`, JAX `stateless_call(..., return_losses=True)` loops
