@@ -19,7 +19,6 @@ import pytest
 import keras_dreg
 
 
-
 @pytest.fixture(autouse=True)
 def _doctest_namespace(request, doctest_namespace, tmp_path):
     keras.utils.set_random_seed(0)
