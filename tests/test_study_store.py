@@ -42,9 +42,14 @@ def test_key_is_stable_and_covers_every_field():
     # Numbers are normalized: 1 and 1.0 give the same run.
     assert make_run(train_fraction=1).key == run.key
     keys = {run.key}
+    changed = {"regularizer": "dreg_unit_slope"}
     for field in dataclasses.fields(RunConfig):
         value = getattr(run, field.name)
-        other = value + 1 if not isinstance(value, str) else value + "x"
+        if isinstance(value, dict):
+            other = {**value, "lam": 1.0}
+        else:
+            other = value + 1 if not isinstance(value, str) else value + "x"
+        other = changed.get(field.name, other)
         keys.add(make_run(**{field.name: other}).key)
     assert len(keys) == 1 + len(dataclasses.fields(RunConfig))
 

@@ -20,11 +20,7 @@ from keras_dreg.study.settings import ABLATIONS
 from keras_dreg.study.stats import ALPHA
 from keras_dreg.study.stats import REFERENCE
 from keras_dreg.study.stats import Row
-from keras_dreg.study.verdicts import FINDINGS  # noqa: F401 (re-export)
-from keras_dreg.study.verdicts import INCONCLUSIVE  # noqa: F401
-from keras_dreg.study.verdicts import NOT_REPRODUCED  # noqa: F401
-from keras_dreg.study.verdicts import REPRODUCED  # noqa: F401
-from keras_dreg.study.verdicts import Finding  # noqa: F401
+from keras_dreg.study.verdicts import Finding
 from keras_dreg.study.verdicts import assess_findings
 
 PLOTS = plots.PLOTS
