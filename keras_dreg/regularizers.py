@@ -4,11 +4,11 @@
 
 - `"none"`: the model as it is;
 - `"weight_decay"`: `lam * sum ||W||^2` over the kernels
-  (`keras_dreg.penalties.WeightDecay`, default `lam = 5e-4`);
+  (`keras_dreg.penalties.WeightDecay`, default `lam = 2.5e-4`);
 - `"igpen"`: `lam * mean_i ||d l_i / d x_i||^2`, double backpropagation
   (`keras_dreg.penalties.InputGradientPenalty`, default `1e-2`);
 - `"jacobian"`: `lam * mean_i ||d f(x_i) / d x_i||_F^2` by random
-  projections (`keras_dreg.penalties.JacobianPenalty`, default `1e-2`);
+  projections (`keras_dreg.penalties.JacobianPenalty`, default `5e-2`);
 - `"spectral_norm"`: every hidden Dense and Conv layer wrapped in
   `SpectralNormalization`, not a loss term; the output layer stays
   unnormalized (`keras_dreg.spectral_normalization`);

@@ -133,7 +133,7 @@ def test_weight_decay_is_lam_times_the_sum_of_squared_kernels():
 
 
 def test_weight_decay_default_lam():
-    assert WeightDecay().lam == 5e-4
+    assert WeightDecay().lam == 2.5e-4
 
 
 def test_igpen_equals_a_finite_difference_reference():

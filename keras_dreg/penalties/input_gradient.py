@@ -43,9 +43,9 @@ one that says to turn it off. Other attention is differentiated twice
 (on PyTorch, the second run selects the math kernel of scaled
 dot-product attention: `keras_dreg.backend.torch`).
 
-Default strength: `lam = 1e-2`, this project's choice (the DREG preprint
-fixes only DREG's strength, `10**-2.5`); it is the strength Hoffman et
-al. (2019) use for the closely related input-output Jacobian penalty.
+Default strength: `lam = 1e-2`, this project's choice, with no source to
+cite: the DREG preprint fixes only DREG's strength (`10**-2.5`), and the
+input-gradient papers tune it per task.
 """
 
 import contextlib

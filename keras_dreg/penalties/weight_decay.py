@@ -7,12 +7,15 @@ in `kernel` (`kernel`, `recurrent_kernel`, `depthwise_kernel`,
 `pointwise_kernel`), so neither biases, nor normalization parameters
 (`gamma`, `beta`), nor embeddings. It is `keras.regularizers.L2(lam)` on
 each kernel, applied to an existing model without rebuilding it. Its
-gradient is `2 * lam * W`: `lam = 5e-4` is PyTorch's
-`SGD(weight_decay=1e-3)`.
+gradient is `2 * lam * W`. PyTorch's `SGD(weight_decay=w)` adds `w * W`
+to the gradient, an L2 loss of `(w / 2) ||W||^2`: in this convention its
+`weight_decay=w` is `lam = w / 2`.
 
-Default strength: `lam = 5e-4`, the common default for CNNs (e.g. the
-CIFAR Wide ResNets of Zagoruyko & Komodakis, 2016), this project's
-choice; the DREG preprint fixes only DREG's strength.
+Default strength: `lam = 2.5e-4`, i.e. `SGD(weight_decay=5e-4)`, the
+setting of Hoffman et al.'s (2019) MNIST example beside their Jacobian
+penalty (facebookresearch/jacobian_regularizer) and the common default
+for CNNs (the Wide ResNets of Zagoruyko & Komodakis, 2016); this
+project's choice, the DREG preprint fixes only DREG's strength.
 """
 
 import keras
@@ -21,7 +24,7 @@ from keras import ops
 from keras_dreg import penalty
 from keras_dreg.penalties import base
 
-DEFAULT_LAM = 5e-4
+DEFAULT_LAM = 2.5e-4
 
 
 @keras.saving.register_keras_serializable(package="keras_dreg")
@@ -29,7 +32,7 @@ class WeightDecay(base.Penalty):
     """`lam * sum ||W||^2` over the model's trainable kernels.
 
     Args:
-        lam: Strength; defaults to `5e-4`.
+        lam: Strength; defaults to `2.5e-4` (`SGD(weight_decay=5e-4)`).
         every_n_steps: Apply it on every `k`-th training step only.
 
     Example:
