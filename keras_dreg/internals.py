@@ -12,7 +12,9 @@ on, as of Keras 3.12-3.15:
   `unscale_loss_for_distribution`: Keras divides a replica's loss by the
   replica count under `tf.distribute`.
 - `keras.src.backend.common.symbolic_scope.in_symbolic_scope`: shape
-  inference runs layers on symbolic tensors.
+  inference runs layers on symbolic tensors;
+  `keras.src.backend.in_stateless_scope`: `stateless_call` runs `call`
+  in a `StatelessScope` that collects `add_loss` values.
 - `keras.src.backend.common.global_state` attribute
   `"current_call_ctx"`: the `training` flag an outer `Layer.__call__`
   resolved (`Layer._get_call_context`).
@@ -31,6 +33,7 @@ on, as of Keras 3.12-3.15:
 
 import keras
 from keras.src.backend import get_keras_mask
+from keras.src.backend import in_stateless_scope
 from keras.src.backend.common import global_state
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 from keras.src.losses.loss import scale_loss_for_distribution
@@ -47,6 +50,7 @@ __all__ = [
     "flash_attention",
     "functional_init_arguments",
     "get_keras_mask",
+    "in_stateless_scope",
     "in_symbolic_scope",
     "inbound_producers",
     "is_in_graph",

@@ -170,14 +170,8 @@ class PenalizedModel(keras.Model):
             self._step_state.active = False
 
     def _adds_penalties(self, kwargs) -> bool:
-        """Whether this `call` is a training forward pass of the model's
-        own (not a symbolic build, a paused or a nested re-run)."""
-        if (
-            not self._penalties
-            or interception.is_paused()
-            or internals.in_symbolic_scope()
-            or getattr(self._step_state, "in_forward", False)
-        ):
+        """Whether this `call` is a training pass that adds penalties."""
+        if not (self._penalties and self._starts_a_forward_pass()):
             return False
         training = kwargs.get("training")
         if training is None:
@@ -188,8 +182,6 @@ class PenalizedModel(keras.Model):
 
     def _penalized_call(self, call, args, kwargs):
         """`call`, recorded by the penalties; adds the forward ones."""
-        for penalty in self._penalties:
-            self.penalty_state(penalty)
         forward = [p for p in self._penalties if p.in_forward]
         self._step_state.in_forward = True
         try:
@@ -206,7 +198,14 @@ class PenalizedModel(keras.Model):
         finally:
             self._step_state.in_forward = False
         # Raw values: Keras scales `losses` for `tf.distribute` itself.
-        self._step_state.losses = list(values.values())
+        self._step_state.losses = []
+        for value in values.values():
+            if internals.in_stateless_scope():
+                # Collected by `stateless_call(..., return_losses=True)`
+                # (JAX's `fit`, user loops), dropped otherwise.
+                keras.layers.Layer.add_loss(self, value)
+            else:
+                self._step_state.losses.append(value)
         self._step_state.forward = (values, step)
         return outputs
 
@@ -227,9 +226,11 @@ class PenalizedModel(keras.Model):
         The penalties are kept per thread, not in the model's shared
         `add_loss` list: TF `MirroredStrategy` replicas run the forward
         pass in parallel threads, and each replica's loss must carry its
-        own penalty only. `Layer.losses` (`compute_loss`, JAX's
-        `stateless_call(..., return_losses=True)`, an outer model) reads
-        the model's losses through this method.
+        own penalty only. (Inside a `StatelessScope` they go to the scope,
+        as any `add_loss`, so no traced value outlives the trace.)
+        `Layer.losses` (`compute_loss`, JAX's `stateless_call(...,
+        return_losses=True)`, an outer model) reads the model's losses
+        through this method.
         """
         penalties = getattr(self._step_state, "losses", None) or []
         return super()._get_own_losses() + list(penalties)
