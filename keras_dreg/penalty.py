@@ -363,6 +363,7 @@ def layer_penalty(
     evaluated=None,
     input_shape=None,
     mask=None,
+    sample_size: int | None = None,
 ):
     """`mean_{batch, p} sum_j phi'(z_pj)^2 N[p, j]` for one call.
 
@@ -402,6 +403,12 @@ def layer_penalty(
             mean (`sum(mask * phi'^2) / sum(mask)` over the batch and
             positions). A mask of another shape is not a mask of
             positions and is not used.
+        sample_size: Optional `k`: average over the first `k` examples
+            of the batch only (`z`, `evaluated` and `mask` are sliced;
+            `unit_scale`, computed by the caller, stays the whole
+            batch's). An unbiased estimate of the term when the batch
+            is in random order; `None`, or `k` at least the batch size,
+            takes every example.
 
     Returns:
         A float32 scalar.
@@ -419,6 +426,10 @@ def layer_penalty(
     ...     layer, z, lambda t: 1.0 - ops.tanh(t) ** 2, input_shape=x.shape
     ... )
     """
+    if sample_size is not None:
+        pre_activation, evaluated, mask = _first_examples(
+            sample_size, pre_activation, evaluated, mask
+        )
     z = ops.cast(pre_activation, "float32")
     if needs_input_shape(layer):
         norms = ops.expand_dims(position_weight_norms(layer, input_shape), 0)
@@ -449,6 +460,20 @@ def layer_penalty(
     if unit_scale is not None:
         squared_slope = squared_slope * ops.square(unit_scale)
     return ops.sum(squared_slope * norms)
+
+
+def _first_examples(k, pre_activation, evaluated, mask):
+    """`z`, `(phi', phi'')` and `mask` cut to the first `k` examples
+    (axis 0); unchanged where the batch has at most `k` (then the term
+    is computed on the very same tensors as without `sample_size`)."""
+    batch = pre_activation.shape[0]
+    if batch is not None and batch <= k:
+        return pre_activation, evaluated, mask
+    if evaluated is not None:
+        evaluated = tuple(t[:k] for t in evaluated)
+    if mask is not None and tuple(mask.shape[:1]) == (batch,):
+        mask = mask[:k]
+    return pre_activation[:k], evaluated, mask
 
 
 def _position_weight(mask, z, axes):
