@@ -49,6 +49,7 @@ from keras import layers
 from keras import ops
 
 from keras_dreg.backend import custom_gradient
+from keras_dreg.backend import fast_path
 
 DENSE_LAYERS = (layers.Dense,)
 EINSUM_LAYERS = (layers.EinsumDense,)
@@ -488,27 +489,42 @@ def _position_weight(mask, z, axes):
 
 def _mean_squared_slope(z, slope, curvature, axes, weight=None):
     """`mean(weight * phi'(z)^2)` over `axes`, with its gradient in
-    closed form.
-
-    `slope` and `curvature` are `phi'(z)` and `phi''(z)`, evaluated
-    without gradient history; `weight` (default 1) a constant. `d
-    mean(weight phi'(z)^2) / dz = 2 weight phi'(z) phi''(z) / count`,
-    where `count` is the number of values averaged per unit.
-    """
+    closed form (`mean_squared_slope`, or the backend's faster
+    equivalent); `weight` (default 1) a constant."""
     if weight is not None:
         slope = slope * ops.sqrt(weight)
         curvature = curvature * ops.sqrt(weight)
+    mean = fast_path(mean_squared_slope) or mean_squared_slope
+    return mean(z, slope, curvature, axes)
 
+
+def mean_squared_slope(z, slope, curvature, axes):
+    """`mean(phi'(z)^2)` over `axes` (kept), with its gradient in closed
+    form.
+
+    `slope` and `curvature` are `phi'(z)` and `phi''(z)`, evaluated
+    without gradient history. `d mean(phi'(z)^2) / dz = 2 phi'(z)
+    phi''(z) / count`, where `count` is the number of values averaged
+    per unit. This `keras.ops` form is the definition; a backend may
+    compute it faster (`keras_dreg.backend.fast_path`).
+
+    Example:
+
+    >>> z = keras.ops.zeros((4, 3))
+    >>> mean = mean_squared_slope(z, z + 0.5, z + 1.0, (0,))
+    >>> keras.ops.convert_to_numpy(mean).tolist()
+    [[0.25, 0.25, 0.25]]
+    """
     count = 1
     for axis in axes:
         count = count * ops.shape(z)[axis]
     if not isinstance(count, int):  # a dynamic size, in a traced step
         count = ops.cast(count, "float32")
 
-    def mean_squared_slope(z, slope, curvature):
+    def with_gradient(z, slope, curvature):
         def grad(upstream):
             return upstream * (2.0 / count) * slope * curvature, None, None
 
         return ops.mean(ops.square(slope), axis=axes, keepdims=True), grad
 
-    return custom_gradient(mean_squared_slope)(z, slope, curvature)
+    return custom_gradient(with_gradient)(z, slope, curvature)
