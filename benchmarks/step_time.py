@@ -15,6 +15,13 @@ spell of the machine hits all of them; each one's time is the median
 over `--steps` steps after `--warmup` steps (compilation). It prints
 ms/step and the ratio to "none" measured in the same run.
 
+Besides the six regularizers, `--variants` adds rows of DREG with one
+option changed (`VARIANTS`): `stop_gradient_derivative=True`,
+`every_n_steps=4`, `sample_size` a quarter of the batch, and
+`dreg_reference`, exact DREG with the backend's fast paths turned off
+(`keras_dreg.backend.fast_paths(False)`: the `keras.ops` reference; on
+JAX and TensorFlow, which have none, the same as `dreg`).
+
 `--clock cpu` measures the process's CPU time instead of wall time:
 on a shared, busy machine, with one thread per backend
 (`THREADS=1 benchmarks/run_all.sh --clock cpu`), it counts the work of
@@ -22,6 +29,7 @@ the step and not the waits for a core.
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -32,6 +40,7 @@ import keras
 import numpy as np
 
 import keras_dreg
+from keras_dreg import backend
 
 CLASSES = 10
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -60,9 +69,29 @@ def cnn() -> keras.Model:
 
 MODELS = {"mlp": mlp, "cnn": cnn}
 
+VARIANTS = {
+    "dreg_stop_gradient": {"stop_gradient_derivative": True},
+    "dreg_every_4": {"every_n_steps": 4},
+    "dreg_sample_quarter": {"sample_size": "quarter"},
+    "dreg_reference": {},
+}
+"""DREG rows with one option changed; `"quarter"` is a quarter of the
+batch, and `dreg_reference` runs without the backend's fast paths."""
 
-def regularized_models(build, names, jit_compile="auto") -> dict:
-    """One compiled model per regularizer, all from the same weights."""
+
+def dreg_options(name: str, batch_size: int) -> dict:
+    """`keras_dreg.wrap` options of DREG row `name`."""
+    options = dict(VARIANTS.get(name, {}))
+    if options.get("sample_size") == "quarter":
+        options["sample_size"] = max(1, batch_size // 4)
+    return options
+
+
+def regularized_models(
+    build, names, jit_compile="auto", batch_size=128
+) -> dict:
+    """One compiled model per row (regularizer or DREG variant), all from
+    the same weights."""
     # Frees the previous family's models; on PyTorch this also resets
     # `torch.compile`'s cache, which recompiles each shared step function
     # for a new model only up to a limit (8), then runs it uncompiled.
@@ -73,7 +102,11 @@ def regularized_models(build, names, jit_compile="auto") -> dict:
     for name in names:
         base = build()
         base.set_weights(weights)
-        model = keras_dreg.regularize(base, name)
+        if name in VARIANTS:
+            options = dreg_options(name, batch_size)
+            model = keras_dreg.regularize(base, "dreg", **options)
+        else:
+            model = keras_dreg.regularize(base, name)
         model.compile(
             optimizer=keras.optimizers.SGD(1e-3),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -90,11 +123,18 @@ def time_steps(
     times = {name: [] for name in models}
     for step in range(warmup + steps):
         for name, model in models.items():
-            start = clock()
-            model.train_on_batch(x, y)  # returns numpy: waits for the step
+            reference = name == "dreg_reference"
+            with backend.fast_paths(False) if reference else _no_change():
+                start = clock()
+                model.train_on_batch(x, y)  # numpy: waits for the step
             if step >= warmup:
                 times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+@contextlib.contextmanager
+def _no_change():
+    yield
 
 
 def table(results: dict) -> str:
@@ -125,13 +165,24 @@ def main(argv=None):
     parser.add_argument(
         "--regularizers", nargs="+", default=list(keras_dreg.REGULARIZERS)
     )
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(VARIANTS),
+        help="DREG rows with one option changed (see VARIANTS)",
+    )
     args = parser.parse_args(argv)
     names = ["none"] + [n for n in args.regularizers if n != "none"]
+    names += args.variants
     rng = np.random.default_rng(0)
     results = {}
     for model_name in args.models:
         models = regularized_models(
-            MODELS[model_name], names, JIT_COMPILE[args.jit_compile]
+            MODELS[model_name],
+            names,
+            JIT_COMPILE[args.jit_compile],
+            args.batch_size,
         )
         shape = models["none"].wrapped.input_shape[1:]
         # Backend tensors, as `fit` passes them: a NumPy batch would make

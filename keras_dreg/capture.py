@@ -47,6 +47,7 @@ from keras_dreg import interception
 from keras_dreg import internals
 from keras_dreg import penalty
 from keras_dreg.backend import custom_gradient
+from keras_dreg.backend import fast_path
 
 ACTIVATION_LAYERS = (
     layers.Activation,
@@ -632,7 +633,12 @@ class ActivationCapture:
 
 def _evaluate_with_derivatives(record, z, value_and_derivatives):
     """`phi(z)`, recording `(phi'(z), phi''(z))` in `record`; its gradient
-    is `upstream * phi'(z)`."""
+    is `upstream * phi'(z)`. A backend's fused equivalent of
+    `value_and_derivatives` (`keras_dreg.backend.fast_path`) is used
+    where it has one."""
+    value_and_derivatives = (
+        fast_path(value_and_derivatives) or value_and_derivatives
+    )
     value, slope, curvature = value_and_derivatives(
         keras.ops.stop_gradient(keras.ops.cast(z, "float32"))
     )

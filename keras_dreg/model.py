@@ -68,6 +68,10 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
             from the device.
         layer_weights: Optional `{layer_name: weight}` multiplying each
             layer's term; layers not named get weight 1.
+        sample_size: Compute the penalty on the first `sample_size`
+            examples of each batch only, a cheaper, unbiased estimate
+            when batches are shuffled (see `keras_dreg.penalties.DREG`);
+            `None` (default) uses the whole batch.
         penalties: Further `keras_dreg.penalties.Penalty` instances to
             add beside DREG.
         **kwargs: Passed to `keras.Model` (`inputs`, `outputs`, `name`).
@@ -84,6 +88,7 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
         every_n_steps: int = 1,
         layer_weights: dict | None = None,
         unit_slope: bool = False,
+        sample_size: int | None = None,
         penalties=(),
         **kwargs,
     ):
@@ -96,6 +101,7 @@ class DREGRegularizedModel(penalized_model.PenalizedModel):
             every_n_steps=every_n_steps,
             layer_weights=layer_weights,
             unit_slope=unit_slope,
+            sample_size=sample_size,
         )
         super().__init__(*args, penalties=[dreg, *penalties], **kwargs)
 

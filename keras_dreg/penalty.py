@@ -49,6 +49,7 @@ from keras import layers
 from keras import ops
 
 from keras_dreg.backend import custom_gradient
+from keras_dreg.backend import fast_path
 
 DENSE_LAYERS = (layers.Dense,)
 EINSUM_LAYERS = (layers.EinsumDense,)
@@ -363,6 +364,7 @@ def layer_penalty(
     evaluated=None,
     input_shape=None,
     mask=None,
+    sample_size: int | None = None,
 ):
     """`mean_{batch, p} sum_j phi'(z_pj)^2 N[p, j]` for one call.
 
@@ -402,6 +404,12 @@ def layer_penalty(
             mean (`sum(mask * phi'^2) / sum(mask)` over the batch and
             positions). A mask of another shape is not a mask of
             positions and is not used.
+        sample_size: Optional `k`: average over the first `k` examples
+            of the batch only (`z`, `evaluated` and `mask` are sliced;
+            `unit_scale`, computed by the caller, stays the whole
+            batch's). An unbiased estimate of the term when the batch
+            is in random order; `None`, or `k` at least the batch size,
+            takes every example.
 
     Returns:
         A float32 scalar.
@@ -419,6 +427,10 @@ def layer_penalty(
     ...     layer, z, lambda t: 1.0 - ops.tanh(t) ** 2, input_shape=x.shape
     ... )
     """
+    if sample_size is not None:
+        pre_activation, evaluated, mask = _first_examples(
+            sample_size, pre_activation, evaluated, mask
+        )
     z = ops.cast(pre_activation, "float32")
     if needs_input_shape(layer):
         norms = ops.expand_dims(position_weight_norms(layer, input_shape), 0)
@@ -451,6 +463,20 @@ def layer_penalty(
     return ops.sum(squared_slope * norms)
 
 
+def _first_examples(k, pre_activation, evaluated, mask):
+    """`z`, `(phi', phi'')` and `mask` cut to the first `k` examples
+    (axis 0); unchanged where the batch has at most `k` (then the term
+    is computed on the very same tensors as without `sample_size`)."""
+    batch = pre_activation.shape[0]
+    if batch is not None and batch <= k:
+        return pre_activation, evaluated, mask
+    if evaluated is not None:
+        evaluated = tuple(t[:k] for t in evaluated)
+    if mask is not None and tuple(mask.shape[:1]) == (batch,):
+        mask = mask[:k]
+    return pre_activation[:k], evaluated, mask
+
+
 def _position_weight(mask, z, axes):
     """`mask / mean(mask)` over `axes`, shaped to multiply `phi'(z)^2`
     (so that the mean of the product is the masked mean), or `None`."""
@@ -463,27 +489,42 @@ def _position_weight(mask, z, axes):
 
 def _mean_squared_slope(z, slope, curvature, axes, weight=None):
     """`mean(weight * phi'(z)^2)` over `axes`, with its gradient in
-    closed form.
-
-    `slope` and `curvature` are `phi'(z)` and `phi''(z)`, evaluated
-    without gradient history; `weight` (default 1) a constant. `d
-    mean(weight phi'(z)^2) / dz = 2 weight phi'(z) phi''(z) / count`,
-    where `count` is the number of values averaged per unit.
-    """
+    closed form (`mean_squared_slope`, or the backend's faster
+    equivalent); `weight` (default 1) a constant."""
     if weight is not None:
         slope = slope * ops.sqrt(weight)
         curvature = curvature * ops.sqrt(weight)
+    mean = fast_path(mean_squared_slope) or mean_squared_slope
+    return mean(z, slope, curvature, axes)
 
+
+def mean_squared_slope(z, slope, curvature, axes):
+    """`mean(phi'(z)^2)` over `axes` (kept), with its gradient in closed
+    form.
+
+    `slope` and `curvature` are `phi'(z)` and `phi''(z)`, evaluated
+    without gradient history. `d mean(phi'(z)^2) / dz = 2 phi'(z)
+    phi''(z) / count`, where `count` is the number of values averaged
+    per unit. This `keras.ops` form is the definition; a backend may
+    compute it faster (`keras_dreg.backend.fast_path`).
+
+    Example:
+
+    >>> z = keras.ops.zeros((4, 3))
+    >>> mean = mean_squared_slope(z, z + 0.5, z + 1.0, (0,))
+    >>> keras.ops.convert_to_numpy(mean).tolist()
+    [[0.25, 0.25, 0.25]]
+    """
     count = 1
     for axis in axes:
         count = count * ops.shape(z)[axis]
     if not isinstance(count, int):  # a dynamic size, in a traced step
         count = ops.cast(count, "float32")
 
-    def mean_squared_slope(z, slope, curvature):
+    def with_gradient(z, slope, curvature):
         def grad(upstream):
             return upstream * (2.0 / count) * slope * curvature, None, None
 
         return ops.mean(ops.square(slope), axis=axes, keepdims=True), grad
 
-    return custom_gradient(mean_squared_slope)(z, slope, curvature)
+    return custom_gradient(with_gradient)(z, slope, curvature)

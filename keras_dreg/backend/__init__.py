@@ -10,12 +10,15 @@ backpropagation). Each backend does that its own way:
 - PyTorch: `torch.autograd.grad(..., create_graph=True)`.
 
 `vjp` picks the one of `keras.backend.backend()`; everything else in
-keras-dreg is `keras.ops`. `gpu_available` tells whether the backend
-sees a GPU, where Keras may run RNNs with fused cuDNN kernels, which
-have no second derivative.
+keras-dreg is `keras.ops`, except the faster equivalents of a few
+`keras.ops` functions that a backend may offer (`fast_path`).
+`gpu_available` tells whether the backend sees a GPU, where Keras may
+run RNNs with fused cuDNN kernels, which have no second derivative.
 """
 
+import contextlib
 import importlib
+import threading
 from collections.abc import Callable
 from collections.abc import Sequence
 
@@ -63,6 +66,54 @@ def vjp(fn: Callable[[list, Tap], list], xs: Sequence) -> tuple[list, Pullback]:
 def gpu_available() -> bool:
     """Whether the backend sees a GPU (where Keras may pick cuDNN)."""
     return _module().gpu_available()
+
+
+_SWITCH = threading.local()
+
+
+def fast_path(reference: Callable) -> Callable | None:
+    """The backend's faster equivalent of the `keras.ops` function
+    `reference`, or `None` where it has none.
+
+    The equivalent has `reference`'s signature and returns the same
+    values and gradients up to rounding (tests assert it, rtol 1e-5);
+    the `keras.ops` function stays the definition. Today: eager PyTorch
+    (not under `torch.compile`, whose compiler fuses the `keras.ops`
+    form itself) has fused forms of the exact GELU's joint evaluation
+    and of the penalty's per-unit `mean(phi'(z)^2)` (see
+    `keras_dreg.backend.torch`).
+
+    Example:
+
+    >>> from keras_dreg import penalty
+    >>> mean = fast_path(penalty.mean_squared_slope) or (
+    ...     penalty.mean_squared_slope
+    ... )
+    """
+    if not getattr(_SWITCH, "enabled", True):
+        return None
+    if keras.backend.backend() != "torch":
+        return None
+    return _module().fast_path(reference)
+
+
+@contextlib.contextmanager
+def fast_paths(enabled: bool):
+    """Turns the backend's fast paths off (or on) in this thread, within
+    the block: with `fast_paths(False)` keras-dreg computes everything
+    with the `keras.ops` reference.
+
+    Example:
+
+    >>> with fast_paths(False):
+    ...     assert fast_path(len) is None
+    """
+    previous = getattr(_SWITCH, "enabled", True)
+    _SWITCH.enabled = enabled
+    try:
+        yield
+    finally:
+        _SWITCH.enabled = previous
 
 
 def _module():

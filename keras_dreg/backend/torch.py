@@ -48,3 +48,87 @@ def vjp(fn, xs):
 
 def gpu_available():
     return torch.cuda.is_available()
+
+
+def fast_path(reference):
+    """The fused eager form of `reference`, or `None` (also when
+    `torch.compile` is tracing: Inductor fuses the `keras.ops` form)."""
+    if torch.compiler.is_compiling():
+        return None
+    from keras_dreg import derivatives
+    from keras_dreg import penalty
+
+    return {
+        derivatives._gelu_joint: gelu_value_and_derivatives,
+        penalty.mean_squared_slope: mean_squared_slope,
+    }.get(reference)
+
+
+def gelu_value_and_derivatives(z):
+    """`(gelu(z), gelu'(z), gelu''(z))` of the exact GELU, float32.
+
+        gelu(z) = z Phi(z),  gelu' = Phi(z) + z N(z),
+        gelu'' = N(z) (2 - z^2)
+
+    `Phi` and `N` the standard normal CDF and density. `gelu` and
+    `gelu'` are torch's fused kernels (`gelu`, `gelu_backward` with a
+    unit upstream, one pass each); `gelu''` is four in-place passes
+    after `z^2`, against some 13 passes of the `keras.ops` form
+    (`derivatives._gelu_joint`). A `ones_like(z)` upstream keeps `z`'s
+    memory layout (Keras's convolutions return permuted views), where
+    an expanded scalar would make `gelu_backward` take its slow strided
+    loop.
+
+    Example:
+
+    >>> value, slope, curvature = gelu_value_and_derivatives(
+    ...     torch.zeros(2)
+    ... )
+    >>> slope.tolist()
+    [0.5, 0.5]
+    """
+    value = torch.nn.functional.gelu(z)
+    slope = torch.ops.aten.gelu_backward(torch.ones_like(z), z)
+    curvature = torch.square(z)
+    density = torch.mul(curvature, -0.5).exp_().mul_(_INV_SQRT_2PI)
+    curvature.neg_().add_(2.0).mul_(density)
+    return value, slope, curvature
+
+
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def mean_squared_slope(z, slope, curvature, axes):
+    """`mean(phi'(z)^2)` over `axes` (kept), with the gradient
+    `upstream * 2 phi'(z) phi''(z) / count` into `z`: one
+    `torch.autograd.Function`, the sum of squares in one reduction,
+    the gradient in two passes into one new tensor. `slope` and
+    `curvature` are `phi'(z)` and `phi''(z)`, without gradient history.
+    See `keras_dreg.penalty.mean_squared_slope`, the definition.
+
+    Example:
+
+    >>> z = torch.zeros(4, 3, requires_grad=True)
+    >>> mean = mean_squared_slope(z, z + 0.5, z + 1.0, (0,))
+    >>> mean.tolist()
+    [[0.25, 0.25, 0.25]]
+    """
+    return _MeanSquaredSlope.apply(z, slope, curvature, tuple(axes))
+
+
+class _MeanSquaredSlope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, slope, curvature, axes):
+        count = 1
+        for axis in axes:
+            count *= z.shape[axis]
+        ctx.count = count
+        ctx.save_for_backward(slope, curvature)
+        return torch.sum(slope * slope, dim=axes, keepdim=True).div_(count)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        slope, curvature = ctx.saved_tensors
+        grad = torch.mul(slope, curvature)
+        grad.mul_(upstream * (2.0 / ctx.count))
+        return grad, None, None, None

@@ -39,6 +39,18 @@ class DREG(base.Penalty):
             from "how much" at the same `lam`.
         every_n_steps: Apply it on every `k`-th training step only.
         layer_weights: Optional `{layer_name: weight}`; default 1.
+        sample_size: A speed knob: compute each layer's term on the
+            first `sample_size` examples of the batch only (the forward
+            pass still runs on the whole batch; a `BatchNormalization`'s
+            scale stays the whole batch's). With `fit`'s default
+            `shuffle=True` the batch is in random order, so this is an
+            unbiased estimate of the exact penalty (with a mask of
+            positions, a ratio of two unbiased means, nearly so). It is
+            *not* unbiased when the batches are not shuffled
+            (`shuffle=False`, a sorted `tf.data` pipeline): then the
+            same examples are always the ones penalized. `None` (the
+            default) uses every example; a `sample_size` of at least the
+            batch size gives exactly the default's value.
 
     Example:
 
@@ -63,8 +75,14 @@ class DREG(base.Penalty):
         every_n_steps: int = 1,
         layer_weights: dict | None = None,
         unit_slope: bool = False,
+        sample_size: int | None = None,
     ):
         super().__init__(lam, every_n_steps)
+        self.sample_size = (
+            None
+            if sample_size is None
+            else base.validate_positive_int(sample_size, "sample_size")
+        )
         self.include = None if include is None else _selectors(include)
         self.exclude = _selectors(exclude)
         self.include_linear = bool(include_linear)
@@ -148,6 +166,7 @@ class DREG(base.Penalty):
             evaluated=record.derivatives,
             input_shape=record.input_shape,
             mask=record.mask,
+            sample_size=self.sample_size,
         )
 
     def _check_sites(self, model, survey):
@@ -184,6 +203,7 @@ class DREG(base.Penalty):
             "stop_gradient_derivative": self.stop_gradient_derivative,
             "unit_slope": self.unit_slope,
             "layer_weights": dict(self.layer_weights),
+            "sample_size": self.sample_size,
         }
 
 
