@@ -381,60 +381,50 @@ def _prelu(x, layer):
 
 # Names in `keras.activations` and `keras.ops`, with `phi'` taking the same
 # arguments as the activation (missing names are skipped: older Keras).
-_ELEMENTWISE_DERIVATIVES = {
-    "relu": _relu,
-    "leaky_relu": _leaky_relu,
-    "relu6": _relu6,
-    "elu": _elu,
-    "celu": _celu,
-    "selu": _selu,
-    "gelu": _gelu,
-    "tanh": _tanh,
-    "sigmoid": _sigmoid,
-    "hard_sigmoid": _hard_sigmoid,
-    "sparse_sigmoid": _sparse_sigmoid,
-    "silu": _silu,
-    "swish": _silu,
-    "hard_silu": _hard_silu,
-    "hard_swish": _hard_silu,
-    "softplus": _softplus,
-    "softsign": _softsign,
-    "mish": _mish,
-    "exponential": _exponential,
-    "exp": _exponential,
-    "log_sigmoid": _log_sigmoid,
-    "tanh_shrink": _tanh_shrink,
-    "hard_tanh": _hard_tanh,
-    "soft_shrink": _shrink,
-    "hard_shrink": _shrink,
-    "squareplus": _squareplus,
-    "sparse_plus": _sparse_plus,
-    "threshold": _threshold,
-}
-# `phi''` of the smooth ones, with the same arguments as `phi'`. Autodiff
-# through `phi'` replays its ten-odd operations in the backward pass; this
-# closed form is a few fused-size passes (see `penalty.layer_penalty`).
-_SECOND_DERIVATIVES = {
-    "elu": _elu_second,
-    "celu": _celu_second,
-    "selu": _selu_second,
-    "gelu": _gelu_second,
-    "tanh": _tanh_second,
-    "sigmoid": _sigmoid_second,
-    "silu": _silu_second,
-    "swish": _silu_second,
-    "softplus": _softplus_second,
-    "exponential": _exponential,
-    "exp": _exponential,
-}
-# `(phi, phi', phi'')` evaluated together, sharing their transcendental
-# functions; the other smooth activations evaluate the three separately.
-_JOINT_FORMS = {
-    "gelu": _gelu_joint,
-    "tanh": _tanh_joint,
-    "sigmoid": _sigmoid_joint,
-    "silu": _silu_joint,
-    "swish": _silu_joint,
+class _Forms(NamedTuple):
+    """One activation's closed forms: `phi'`, and for the smooth ones
+    `phi''` and the joint `(phi, phi', phi'')` (sharing their
+    transcendental functions; without it the three are evaluated one by
+    one). Autodiff through `phi'` would replay its ten-odd operations in
+    the backward pass; `phi''` in closed form is a few passes (see
+    `penalty.layer_penalty`)."""
+
+    derivative: Callable
+    second_derivative: Callable | None = None
+    value_and_derivatives: Callable | None = None
+
+
+# Keras's elementwise activations, by their name in `keras.activations`
+# and `keras.ops`.
+_ELEMENTWISE_FORMS = {
+    "relu": _Forms(_relu),
+    "leaky_relu": _Forms(_leaky_relu),
+    "relu6": _Forms(_relu6),
+    "elu": _Forms(_elu, _elu_second),
+    "celu": _Forms(_celu, _celu_second),
+    "selu": _Forms(_selu, _selu_second),
+    "gelu": _Forms(_gelu, _gelu_second, _gelu_joint),
+    "tanh": _Forms(_tanh, _tanh_second, _tanh_joint),
+    "sigmoid": _Forms(_sigmoid, _sigmoid_second, _sigmoid_joint),
+    "hard_sigmoid": _Forms(_hard_sigmoid),
+    "sparse_sigmoid": _Forms(_sparse_sigmoid),
+    "silu": _Forms(_silu, _silu_second, _silu_joint),
+    "swish": _Forms(_silu, _silu_second, _silu_joint),
+    "hard_silu": _Forms(_hard_silu),
+    "hard_swish": _Forms(_hard_silu),
+    "softplus": _Forms(_softplus, _softplus_second),
+    "softsign": _Forms(_softsign),
+    "mish": _Forms(_mish),
+    "exponential": _Forms(_exponential, _exponential),
+    "exp": _Forms(_exponential, _exponential),
+    "log_sigmoid": _Forms(_log_sigmoid),
+    "tanh_shrink": _Forms(_tanh_shrink),
+    "hard_tanh": _Forms(_hard_tanh),
+    "soft_shrink": _Forms(_shrink),
+    "hard_shrink": _Forms(_shrink),
+    "squareplus": _Forms(_squareplus),
+    "sparse_plus": _Forms(_sparse_plus),
+    "threshold": _Forms(_threshold),
 }
 _NON_ELEMENTWISE_NAMES = ("softmax", "log_softmax", "glu", "sparsemax")
 
@@ -454,16 +444,16 @@ def _changed_defaults(fn, derivative):
 def _builtin_table():
     table = {}
     for module in (keras.activations, ops):
-        for name, derivative in _ELEMENTWISE_DERIVATIVES.items():
+        for name, forms in _ELEMENTWISE_FORMS.items():
             fn = getattr(module, name, None)
             if fn is not None:
                 table[id(fn)] = _Known(
                     fn,
                     _ELEMENTWISE,
-                    derivative,
-                    _changed_defaults(fn, derivative),
-                    _SECOND_DERIVATIVES.get(name),
-                    _JOINT_FORMS.get(name),
+                    forms.derivative,
+                    _changed_defaults(fn, forms.derivative),
+                    forms.second_derivative,
+                    forms.value_and_derivatives,
                 )
         for name in _NON_ELEMENTWISE_NAMES:
             fn = getattr(module, name, None)
