@@ -570,9 +570,14 @@ class ActivationCapture:
                     self._call_hook(index, _record_input),
                 )
             )
-        hooks.append(
-            (site.layer, "call", self._call_hook(index, _record_layer_input))
-        )
+        if _needs_layer_input(site.layer):
+            hooks.append(
+                (
+                    site.layer,
+                    "call",
+                    self._call_hook(index, _record_layer_input),
+                )
+            )
         if site.batch_norm is not None:
             hooks.append(
                 (
@@ -592,7 +597,11 @@ class ActivationCapture:
             # layer in a scratch graph; those tensors are not the step's.
             return None
         site_records = records[index]
-        if new_call or not site_records:
+        if (
+            new_call
+            or not site_records
+            or site_records[-1].pre_activation is not None
+        ):
             site_records.append(Record())
         return site_records[-1]
 
@@ -652,6 +661,21 @@ def _evaluate_with_derivatives(record, z, value_and_derivatives):
         return keras.ops.cast(value, z.dtype), grad
 
     return custom_gradient(activation)(z, value, slope)
+
+
+def _needs_layer_input(layer) -> bool:
+    """Whether a site must record its kernel layer's input: its shape
+    (convolutions whose norms vary by position) or its mask (a layer
+    that may be fed a masked sequence; in a layer graph, known from the
+    graph, else assumed where the layer supports masking)."""
+    if penalty.needs_input_shape(layer):
+        return True
+    if internals.is_in_graph(layer):
+        return any(
+            internals.get_keras_mask(tensor) is not None
+            for tensor in internals.inbound_tensors(layer)
+        )
+    return bool(getattr(layer, "supports_masking", False))
 
 
 def _record_layer_input(record, inputs, kwargs):

@@ -24,7 +24,8 @@ on, as of Keras 3.12-3.15:
   penalties join the losses per thread).
 - Layer attributes `_layers` (direct sublayers), `_flatten_layers()`,
   `_inbound_nodes` / `_outbound_nodes` (the layer graph of Functional
-  and Sequential models, `Node.parent_nodes`, `Node.operation`),
+  and Sequential models, `Node.parent_nodes`, `Node.operation`,
+  `Node.input_tensors` and the masks symbolic tensors carry),
   `_call_has_training_arg`, `_compile_loss` (the compiled loss),
   `_flash_attention` (an attention layer's resolved choice) and the
   `_keras_logits` attribute sigmoid outputs carry for binary
@@ -53,6 +54,7 @@ __all__ = [
     "in_stateless_scope",
     "in_symbolic_scope",
     "inbound_producers",
+    "inbound_tensors",
     "is_in_graph",
     "keep_logits",
     "nested_layers",
@@ -94,6 +96,11 @@ def inbound_producers(layer: keras.layers.Layer) -> list[list]:
         [parent.operation for parent in node.parent_nodes]
         for node in layer._inbound_nodes
     ]
+
+
+def inbound_tensors(layer: keras.layers.Layer) -> list:
+    """The symbolic input tensors of each call of `layer` in a graph."""
+    return [t for node in layer._inbound_nodes for t in node.input_tensors]
 
 
 def outbound_consumers(layer: keras.layers.Layer) -> list:

@@ -14,6 +14,7 @@ import pytest
 from keras import ops
 
 import keras_dreg
+from keras_dreg import penalty
 from tests.conftest import LOSS
 from tests.conftest import to_numpy
 
@@ -349,4 +350,23 @@ def test_masked_positions_are_left_out_of_the_mean():
     logs = model.fit(tokens, np.array([0, 1]), batch_size=2, verbose=0)
     np.testing.assert_allclose(
         logs.history["dreg_penalty"][0], expected, rtol=1e-5
+    )
+
+
+def test_padded_conv_in_a_model_gets_its_input_shape():
+    """The model-level value equals the per-layer closed form given the
+    input shape (checked against autodiff Jacobians in test_exactness)."""
+    keras.utils.set_random_seed(0)
+    x = RNG.normal(size=(4, 7, 7, 2)).astype("float32")
+    inputs = keras.Input((7, 7, 2))
+    conv = keras.layers.Conv2D(3, 3, strides=2, padding="same", name="conv")
+    h = conv(inputs)
+    h = keras.layers.Activation("gelu", name="act")(h)
+    base = keras.Model(inputs, keras.layers.Flatten()(h))
+    model = keras_dreg.wrap(base, lam=1.0)
+    z = conv(x)
+    gelu = keras_dreg.derivatives.describe_activation("gelu").derivative
+    expected = penalty.layer_penalty(conv, z, gelu, input_shape=x.shape)
+    np.testing.assert_allclose(
+        to_numpy(model.dreg_penalty(x)), to_numpy(expected), rtol=1e-5
     )
