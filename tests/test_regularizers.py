@@ -87,9 +87,9 @@ def test_each_trains_a_gelu_cnn_and_saves(name, tmp_path):
 @pytest.mark.parametrize(
     "name, lam",
     [
-        ("weight_decay", 5e-4),
+        ("weight_decay", 2.5e-4),
         ("igpen", 1e-2),
-        ("jacobian", 1e-2),
+        ("jacobian", 5e-2),
         ("dreg", 10**-2.5),
     ],
 )
