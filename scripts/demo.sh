@@ -9,20 +9,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/setup.sh
 source "$repo/scripts/setup.sh"
 
-# Less TensorFlow start-up noise, as in the tests, unless the caller asked
-# for it (Keras imports TensorFlow, when installed, on every backend).
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-# TensorFlow 2.21 prints its oneDNN notice (two lines, once per process)
-# before that level applies, and on the TensorFlow backend each worker
-# warns about tf.function retracing as it predicts with its n-th new model
-# (expected: every run builds its own model). Only those lines are dropped
-# from stderr; everything else passes through, and the exit status is
-# the command's.
-noise='^WARNING: All log messages before absl::InitializeLog\(\) is called'
-noise+='|^I[0-9]{4} [0-9:.]+ +[0-9]+ port\.cc:[0-9]+\] oneDNN custom operations'
-noise+='|^WARNING:tensorflow:.* triggered tf\.function retracing'
-drop_noise() { grep --line-buffered -v -E "$noise" || [[ $? == 1 ]]; }
-quietly() { { "$@" 2>&1 1>&3 3>&- | drop_noise >&2 3>&-; } 3>&1; }
+# Less TensorFlow start-up noise (scripts/quiet_tf.sh): `quietly CMD`.
+# shellcheck source=scripts/quiet_tf.sh
+source "$repo/scripts/quiet_tf.sh"
 
 # The main job: the study's `quick` preset on offline data, then its
 # report. Extra arguments go to `keras-dreg study run`; rerunning resumes

@@ -38,8 +38,9 @@ if [[ "$workers" != "0" ]]; then
     xdist_args=(-n "$workers")
 fi
 
-# Less TensorFlow start-up noise, unless the caller asked for it.
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# Less TensorFlow start-up noise (scripts/quiet_tf.sh): `quietly CMD`.
+# shellcheck source=scripts/quiet_tf.sh
+source "$repo/scripts/quiet_tf.sh"
 
 results_dir="$(mktemp -d)"
 trap 'rm -rf "$results_dir"' EXIT
@@ -55,7 +56,7 @@ for backend in "${backends[@]}"; do
     rc=0
     # No explicit path: pytest then uses testpaths=["tests"] from
     # pyproject.toml, and a path given in "$@" selects just that path.
-    KERAS_BACKEND="$backend" python -m pytest -q -p no:cacheprovider \
+    KERAS_BACKEND="$backend" quietly python -m pytest -q -p no:cacheprovider \
         "${xdist_args[@]}" --junitxml="$results_dir/$backend.xml" "$@" \
         || rc=$?
     took=$((SECONDS - start))
