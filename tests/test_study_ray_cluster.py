@@ -39,6 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 STARTUP_S = 180
 STOP_S = 60
+LOCAL_ONLY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+"""No usage report leaves the machine; the nodes take the driver's
+(absent) token, as a private cluster may."""
 
 
 def _free_port() -> int:
@@ -66,11 +69,17 @@ def local_cluster(num_nodes: int = 2) -> Iterator[str]:
     address = f"127.0.0.1:{_free_port()}"
     env = {
         **os.environ,
+        **LOCAL_ONLY,
         "PYTHONPATH": os.pathsep.join(
             [str(REPO), os.environ.get("PYTHONPATH", "")]
         ),
     }
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block"]
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        "--disable-usage-stats",
+        "--block",
+    ]
     head = [
         RAY,
         "start",
@@ -138,7 +147,9 @@ TINY = dict(
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
-def test_study_on_a_two_node_ray_cluster(tmp_path):
+def test_study_on_a_two_node_ray_cluster(tmp_path, monkeypatch):
+    for name, value in LOCAL_ONLY.items():
+        monkeypatch.setenv(name, value)
     with local_cluster(2) as address:
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         study = StudyConfig(**TINY, seeds=3, ray_address=address)
