@@ -118,7 +118,6 @@ def _write_config(path: Path) -> Path:
             epochs = 1
             batch_size = 64
             models = ["tiny_mlp"]
-            imports = ["tests.study_user_plugins"]
 
             [lam]
             """
@@ -153,6 +152,8 @@ def test_cli_runs_user_model_and_regularizer_with_a_lam_grid(tmp_path):
         BACKEND,
         "--workers",
         "1",
+        "--imports",
+        "tests.study_user_plugins",
         "--quiet",
     ]
     done = subprocess.run(
