@@ -19,7 +19,6 @@ smallest detectable effect.
 """
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,6 +206,7 @@ def _status(args: argparse.Namespace) -> int:
     from keras_dreg.study.config import StudyConfig
     from keras_dreg.study.report import provenance_lines
     from keras_dreg.study.runner import expand_grid
+    from keras_dreg.study.runner import validate
     from keras_dreg.study.settings import ABLATIONS
     from keras_dreg.study.stats import at_study_strength
     from keras_dreg.study.store import ResultStore
@@ -224,8 +224,15 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{args.db}: {len(done)} runs stored ({per_backend or 'none'})")
     for study in studies:
         config = StudyConfig(**study["config"])
-        for module in config.imports:
-            importlib.import_module(module)
+        try:
+            validate(config)
+        except (ImportError, ValueError) as error:
+            print(
+                f"  grid started {study['started_at']} on {config.backend}: "
+                f"not counted ({error}; run status where its --imports "
+                "modules are importable)"
+            )
+            continue
         keys = {run.key for run in expand_grid(config)}
         finished = len(keys & done)
         print(

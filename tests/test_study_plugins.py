@@ -193,3 +193,17 @@ def test_cli_runs_user_model_and_regularizer_with_a_lam_grid(tmp_path):
     assert "| l1_kernels | 0.0001 |" in text
     assert "| dreg | 0.00316 (study) |" in text
     assert (tmp_path / "report" / "lam_sensitivity.png").stat().st_size > 0
+
+
+def test_status_names_a_grid_whose_imports_are_missing(tmp_path, capsys):
+    from keras_dreg import cli
+
+    db = tmp_path / "r.sqlite"
+    study = study_config.preset("quick").replace(
+        backend="jax", imports=("no_such_module_16",)
+    )
+    with ResultStore(db) as store:
+        store.record_study(study.to_dict(), study.num_runs)
+    assert cli.main(["study", "status", "--db", str(db)]) == 0
+    printed = capsys.readouterr().out
+    assert "not counted (No module named 'no_such_module_16'" in printed
