@@ -4,14 +4,18 @@
     keras-dreg study report --db results.sqlite --out report/
     keras-dreg study status --db results.sqlite
 
-`study run` runs the grid of a preset (`quick`, the default, or
-`paper`), optionally changed by a TOML file (`--config`) and by flags
-(flags win over the file, the file over the preset). It stores each run
-as it finishes and skips runs already stored, so the same command
-resumes an interrupted study. `study report` writes `report.md` and
-PNG plots; `study status` counts finished runs and shows their
-provenance (preset, strengths, commit, code, backend) and the verdicts
-so far, each INCONCLUSIVE one with the smallest detectable effect.
+`study run` runs the grid of a preset (`quick`, the default, `paper` or
+`paper-real`), optionally changed by a TOML file (`--config`) and by
+flags (flags win over the file, the file over the preset). It stores
+each run as it finishes and skips runs already stored, so the same
+command resumes an interrupted study; `--max-hours H` starts no run
+after H hours, so a long study can be run in slices. `--imports`
+names modules that register data sets, models or regularizers of your
+own; `--executor ray --ray-address HOST:PORT` runs on a Ray cluster.
+`study report` writes `report.md` and PNG plots; `study status` counts
+finished runs and shows their provenance (preset, strengths, commit,
+code, backend) and the verdicts so far, each INCONCLUSIVE one with the
+smallest detectable effect.
 """
 
 import argparse
@@ -27,9 +31,10 @@ _LIST_FLAGS = {
     "train_fractions": (float, "Comma-separated, e.g. 0.1,0.25,1."),
     "imports": (
         str,
-        "Comma-separated modules every worker imports first (e.g. ones "
-        "that call keras_dreg.study.register_dataset).",
+        "Comma-separated modules every worker imports first (ones that "
+        "call register_dataset, register_model, register_regularizer).",
     ),
+    "models": (str, "Comma-separated, e.g. default,my_cnn."),
 }
 
 
@@ -77,7 +82,7 @@ def _add_run(actions) -> None:
     )
     run.add_argument(
         "--preset",
-        choices=("quick", "paper"),
+        choices=("quick", "paper", "paper-real"),
         help="The grid to start from (default: the config's, else quick).",
     )
     run.add_argument("--config", help="A TOML file of study settings.")
@@ -112,6 +117,12 @@ def _add_run(actions) -> None:
     run.add_argument("--epochs", type=int)
     run.add_argument("--batch-size", type=int)
     run.add_argument("--learning-rate", type=float)
+    run.add_argument(
+        "--max-hours",
+        type=float,
+        help="Start no run after this many hours; the runs in flight "
+        "finish and are stored. Run the same command again to go on.",
+    )
     run.add_argument("--quiet", action="store_true", help="No progress bar.")
     run.set_defaults(command=_run)
 
@@ -147,11 +158,16 @@ def _run(args: argparse.Namespace) -> int:
     from keras_dreg.study.runner import run_study
 
     study = load_config(args.config, args.preset, **_overrides(args))
-    progress = run_study(study, args.db, verbose=not args.quiet)
+    progress = run_study(
+        study, args.db, verbose=not args.quiet, max_hours=args.max_hours
+    )
     print(
         f"{progress.finished} runs finished, {progress.skipped} were "
-        f"already stored, {len(progress.failed)} failed."
+        f"already stored, {len(progress.failed)} failed, "
+        f"{progress.left} left."
     )
+    if progress.left:
+        print("Run the same command again to go on.")
     if progress.failed:
         print("Run the same command again to retry the failed runs.")
     return 1 if progress.failed else 0
@@ -168,6 +184,7 @@ def _missing(db: str) -> bool:
 def _report(args: argparse.Namespace) -> int:
     from keras_dreg.study.report import write_report
     from keras_dreg.study.settings import ABLATIONS
+    from keras_dreg.study.stats import at_study_strength
     from keras_dreg.study.store import ResultStore
     from keras_dreg.study.verdicts import assess_findings
 
@@ -177,7 +194,9 @@ def _report(args: argparse.Namespace) -> int:
         rows = store.rows()
     path = write_report(rows, args.out)
     print(f"Wrote {path}")
-    main = [r for r in rows if r["regularizer"] not in ABLATIONS]
+    main = [
+        r for r in at_study_strength(rows) if r["regularizer"] not in ABLATIONS
+    ]
     for finding in assess_findings(main):
         print(f"  {finding.verdict:<15} {finding.claim}")
     return 0
@@ -187,7 +206,9 @@ def _status(args: argparse.Namespace) -> int:
     from keras_dreg.study.config import StudyConfig
     from keras_dreg.study.report import provenance_lines
     from keras_dreg.study.runner import expand_grid
+    from keras_dreg.study.runner import validate
     from keras_dreg.study.settings import ABLATIONS
+    from keras_dreg.study.stats import at_study_strength
     from keras_dreg.study.store import ResultStore
     from keras_dreg.study.verdicts import assess_findings
     from keras_dreg.study.verdicts import power_statement
@@ -203,6 +224,15 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{args.db}: {len(done)} runs stored ({per_backend or 'none'})")
     for study in studies:
         config = StudyConfig(**study["config"])
+        try:
+            validate(config)
+        except (ImportError, ValueError) as error:
+            print(
+                f"  grid started {study['started_at']} on {config.backend}: "
+                f"not counted ({error}; run status where its --imports "
+                "modules are importable)"
+            )
+            continue
         keys = {run.key for run in expand_grid(config)}
         finished = len(keys & done)
         print(
@@ -213,7 +243,9 @@ def _status(args: argparse.Namespace) -> int:
     if not rows:
         return 0
     print("\n".join(provenance_lines(rows)))
-    main = [r for r in rows if r["regularizer"] not in ABLATIONS]
+    main = [
+        r for r in at_study_strength(rows) if r["regularizer"] not in ABLATIONS
+    ]
     print("Verdicts so far:")
     for finding in assess_findings(main):
         print(f"  {finding.verdict:<15} {finding.claim}")

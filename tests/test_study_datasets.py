@@ -44,7 +44,9 @@ def registry(monkeypatch):
 def test_names():
     assert len(datasets.OFFLINE_DATASETS) == 8
     assert datasets.available_datasets() == list(
-        datasets.OFFLINE_DATASETS + datasets.ONLINE_DATASETS
+        datasets.OFFLINE_DATASETS
+        + datasets.ONLINE_DATASETS
+        + tuple(f"{n}_messy" for n in datasets.ONLINE_DATASETS)
     )
     with pytest.raises(ValueError, match="digits_messy, mnist1d"):
         load_dataset("nope")

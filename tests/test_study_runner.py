@@ -378,7 +378,7 @@ def test_run_key_is_content_hash():
         '{"activation": "gelu", "backend": "jax", "batch_size": 64, '
         f'"code": "{code}", '
         '"dataset": "digits", "epochs": 1, "learning_rate": 0.001, '
-        '"options": {"lam": null, "optimizer": "adam", '
+        '"model": "default", "options": {"lam": null, "optimizer": "adam", '
         '"regularizer": "none", "weight_decay": null}, '
         '"regularizer": "none", "seed": 0, "train_fraction": 0.5}'
     )

@@ -9,10 +9,12 @@ run on one Keras backend. The grid holds no "regime": the analysis
 (clean and messy data sets at fraction 1.0, the noisy-test accuracy,
 fractions below 1.0 for data scarcity).
 
-Two presets exist: `quick` (a small grid for a laptop: about ten
-minutes on two CPU cores) and `paper` (the preprint's 960-run design at
-fraction 1.0, plus the data-scarcity fractions). A TOML file can start
-from a preset and override any field:
+Three presets exist: `quick` (a small grid for a laptop: about ten
+minutes on two CPU cores), `paper` (the preprint's 960-run design at
+fraction 1.0, plus the data-scarcity fractions) and `paper-real` (the
+same design on four real data sets that `keras.datasets` downloads, and
+their messy twins). A TOML file can start from a preset and override
+any field:
 
 ```toml
 preset = "quick"
@@ -22,8 +24,19 @@ seeds = 3            # the seeds 0, 1, 2; or a list such as [0, 7]
 epochs = 10
 backend = "jax"
 workers = 2
-imports = ["my_project.data"]  # modules that call register_dataset
+imports = ["my_project.data"]  # modules that call register_dataset,
+                               # register_model, register_regularizer
+models = ["default", "my_cnn"] # "default": the study's own networks
+
+[lam]                          # a lam grid: these strengths instead of
+dreg = [0.001, 0.0031622776601683794, 0.01]  # the setting's own one
+weight_decay = [2.5e-5, 2.5e-4]
 ```
+
+`0.0031622776601683794` is `10**-2.5` (DREG's study strength) to the
+last digit; the report's analysis of the preprint's findings uses each
+regularizer's runs at its study strength only, and a "sensitivity"
+section shows accuracy against `lam` for each regularizer in `[lam]`.
 """
 
 import dataclasses
@@ -45,12 +58,15 @@ except ModuleNotFoundError:  # Python 3.10
 from keras_dreg.regularizers import REGULARIZERS
 from keras_dreg.study import provenance
 from keras_dreg.study.datasets import OFFLINE_DATASETS
+from keras_dreg.study.datasets import REAL_DATASETS
 from keras_dreg.study.models import ACTIVATIONS
+from keras_dreg.study.models import DEFAULT_MODEL
 from keras_dreg.study.regimes import TRAIN_FRACTIONS
 from keras_dreg.study.settings import SETTINGS
 
 BACKENDS = ("jax", "tensorflow", "torch")
 _EXECUTION_FIELDS = {"workers", "executor", "ray_address", "imports"}
+PRESETS = ("quick", "paper", "paper-real")
 EXECUTORS = ("local", "ray")
 
 
@@ -65,6 +81,7 @@ class RunConfig:
     included; `code` (default: `provenance.code_identity(backend)`) the
     code and library versions. Both are part of the key, so a changed
     strength, option or training code never reuses a stored run.
+    `model` names the network (`models.build_model`).
 
     >>> run = RunConfig("gelu", "dreg", "digits", 1.0, 0, 20, 64, 1e-3,
     ...                 "jax")
@@ -83,6 +100,7 @@ class RunConfig:
     backend: str
     options: Mapping[str, Any] | None = None
     code: str | None = None
+    model: str = DEFAULT_MODEL
 
     def __post_init__(self):
         object.__setattr__(self, "train_fraction", float(self.train_fraction))
@@ -135,7 +153,15 @@ class StudyConfig:
         ray_address: Address of a Ray cluster; `None` starts or joins a
             local instance.
         imports: Modules to import in every worker before running, for
-            data sets added with `datasets.register_dataset`.
+            data sets, models and regularizers of your own
+            (`register_dataset`, `register_model`,
+            `register_regularizer`).
+        models: Model names (`models.available_models()`); `"default"`
+            is the study's own network for each kind of data.
+        lam: A `lam` grid: `{regularizer: strengths}` runs each listed
+            regularizer at each of its strengths instead of its study
+            strength (`settings.SETTINGS[name].lam`); the others run at
+            theirs.
         name: Where the grid came from (a preset's name, or the config
             file), recorded with each run and named by the report.
 
@@ -160,11 +186,22 @@ class StudyConfig:
     executor: str = "local"
     ray_address: str | None = None
     imports: tuple[str, ...] = ()
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    lam: Mapping[str, tuple[float, ...]] = dataclasses.field(
+        default_factory=dict
+    )
     name: str = "custom"
 
     def __post_init__(self):
-        for name in ("activations", "regularizers", "datasets", "imports"):
+        for name in (
+            "activations",
+            "regularizers",
+            "datasets",
+            "imports",
+            "models",
+        ):
             object.__setattr__(self, name, _names(name, getattr(self, name)))
+        object.__setattr__(self, "lam", _lam_grid(self.lam, self.regularizers))
         fractions = tuple(float(f) for f in self.train_fractions)
         if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
             raise ValueError(
@@ -189,12 +226,14 @@ class StudyConfig:
     @property
     def num_runs(self) -> int:
         """The number of runs in the grid."""
+        settings = sum(len(self.lam.get(r, (None,))) for r in self.regularizers)
         return (
             len(self.activations)
-            * len(self.regularizers)
+            * settings
             * len(self.datasets)
             * len(self.train_fractions)
             * len(self.seeds)
+            * len(self.models)
         )
 
     def replace(self, **changes: Any) -> "StudyConfig":
@@ -202,10 +241,11 @@ class StudyConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain lists, numbers and strings."""
+        """The fields as plain lists, dicts, numbers and strings."""
+        values = dataclasses.asdict(self)
+        values["lam"] = {k: list(v) for k, v in self.lam.items()}
         return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()
+            k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
         }
 
 
@@ -216,6 +256,26 @@ def _names(field: str, value: Iterable[str] | str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"{field} has duplicates: {names}.")
     return tuple(str(n) for n in names)
+
+
+def _lam_grid(
+    value: Mapping[str, Iterable[float]], regularizers: tuple[str, ...]
+) -> dict[str, tuple[float, ...]]:
+    grid = {}
+    for name, lams in dict(value).items():
+        if name not in regularizers:
+            raise ValueError(
+                f"lam lists {name!r}, which is not among the regularizers "
+                f"{regularizers}."
+            )
+        lams = (lams,) if isinstance(lams, (int, float)) else tuple(lams)
+        lams = tuple(float(lam) for lam in lams)
+        if not lams or len(set(lams)) != len(lams):
+            raise ValueError(f"lam[{name!r}] must be distinct, non-empty.")
+        if any(not lam > 0 for lam in lams):
+            raise ValueError(f"lam[{name!r}] must be > 0, got {lams}.")
+        grid[str(name)] = lams
+    return grid
 
 
 def _seeds(value: int | Iterable[int]) -> tuple[int, ...]:
@@ -230,12 +290,17 @@ def _seeds(value: int | Iterable[int]) -> tuple[int, ...]:
 
 
 def preset(name: str) -> StudyConfig:
-    """The `quick` or the `paper` study.
+    """The `quick`, `paper` or `paper-real` study.
 
     - `paper`: the preprint's fully crossed design, 4 activations x 6
       regularizers x 8 offline data sets x 5 seeds = 960 runs at
       fraction 1.0, plus the same grid at the data-scarcity fractions
       (`regimes.TRAIN_FRACTIONS`), 2880 runs in all; 30 epochs.
+    - `paper-real`: the same grid on `datasets.REAL_DATASETS`
+      (CIFAR-10, Fashion-MNIST, IMDB, Reuters through `keras.datasets`,
+      which needs internet on first use, and their messy twins), 2880
+      runs of 10 epochs: these sets are 10 to 40 times larger than the
+      offline ones.
     - `quick`: GELU and ReLU x all six regularizers x `digits`,
       `mnist1d` and their messy twins x fractions 0.25 and 1.0 x 3
       seeds = 288 runs of 10 epochs. Its 6 GELU cells on messy data are
@@ -243,10 +308,10 @@ def preset(name: str) -> StudyConfig:
 
     Example:
 
-    >>> preset("paper").num_runs
-    2880
+    >>> preset("paper").num_runs, preset("paper-real").num_runs
+    (2880, 2880)
     """
-    presets = {"quick": _quick, "paper": _paper}
+    presets = {"quick": _quick, "paper": _paper, "paper-real": _paper_real}
     if name not in presets:
         raise ValueError(f"Unknown preset {name!r}; use one of {presets}.")
     return presets[name]().replace(name=name)
@@ -261,6 +326,10 @@ def _paper() -> StudyConfig:
         seeds=5,
         epochs=30,
     )
+
+
+def _paper_real() -> StudyConfig:
+    return _paper().replace(datasets=REAL_DATASETS, epochs=10)
 
 
 def _quick() -> StudyConfig:

@@ -81,6 +81,13 @@ global training mean and standard deviation; IMDB and Reuters keep the
 vocabulary) and are padded or truncated by ``keras.utils.pad_sequences``
 to `ONLINE_MAXLEN` tokens.
 
+Each has a messy twin (``cifar10_messy``, ...): the official training
+set corrupted by `make_messy` as the offline twins are (20 % of labels
+flipped, 20 % of inputs corrupted, seeded by the run's seed), the test
+set unchanged. `REAL_DATASETS` (CIFAR-10, Fashion-MNIST, IMDB, Reuters
+and their twins) is the grid of the `paper-real` preset: two vision and
+two NLP sets, clean and messy.
+
 Your own
 --------
 
@@ -118,6 +125,12 @@ OFFLINE_DATASETS = (
 """The eight default data sets, which need no download (see above)."""
 ONLINE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "imdb", "reuters")
 """Keras's data sets, downloaded by `keras.datasets` on first use."""
+REAL_DATASETS = tuple(
+    name
+    for base in ("cifar10", "fashion_mnist", "imdb", "reuters")
+    for name in (base, f"{base}_messy")
+)
+"""The `paper-real` preset's data sets: four online sets and their twins."""
 TEST_FRACTION = 0.25
 ONLINE_NUM_WORDS = 10_000
 ONLINE_MAXLEN = 200
@@ -582,6 +595,29 @@ _ONLINE = {
 }
 
 
+def _load_online_messy(base: str, seed: int) -> Dataset:
+    """The online set `base` with its training set corrupted (`seed`)."""
+    data = _ONLINE[base]()
+    x_train, y_train = make_messy(
+        data.x_train,
+        data.y_train,
+        data.num_classes,
+        label_noise=LABEL_NOISE,
+        input_noise=INPUT_NOISE,
+        seed=_derived_seed(base, seed),
+        vocab_size=data.vocab_size,
+    )
+    return dataclasses.replace(
+        data,
+        name=f"{base}_messy",
+        x_train=x_train,
+        y_train=y_train,
+        messy=True,
+        description=f"{data.description}; messy: {LABEL_NOISE:.0%} of "
+        f"labels flipped, {INPUT_NOISE:.0%} of inputs corrupted",
+    )
+
+
 def _register_builtins() -> None:
     for base in _OFFLINE:
         for messy in (False, True):
@@ -589,6 +625,9 @@ def _register_builtins() -> None:
             _REGISTRY[name] = functools.partial(_load_offline, base, messy)
     for name, load in _ONLINE.items():
         _REGISTRY[name] = lambda seed, load=load: load()
+    for name in _ONLINE:
+        messy = functools.partial(_load_online_messy, name)
+        _REGISTRY[f"{name}_messy"] = messy
 
 
 _register_builtins()

@@ -168,25 +168,41 @@ class LocalExecutor:
     def map_unordered(
         self, fn: TrainFn, configs: Iterable[RunConfig]
     ) -> Iterator[Outcome]:
-        """Yields `(config, result or exception)` as runs finish."""
-        configs = list(configs)
-        workers = max(1, min(self.workers, len(configs)))
+        """Yields `(config, result or exception)` as runs finish.
+
+        Keeps one run per worker in flight and takes the next config
+        from `configs` only when a worker is free, so a lazy `configs`
+        (such as `run_study`'s, which ends at `max_hours`) decides when
+        the pool stops taking work.
+        """
+        todo = iter(configs)
         context = multiprocessing.get_context("spawn")
         # Workers are spawned as tasks are submitted; they inherit the
         # environment set here for the pool's whole life.
         with _environ(worker_env(self.backend)):
-            pool = futures.ProcessPoolExecutor(workers, context)
+            pool = futures.ProcessPoolExecutor(self.workers, context)
+            pending = {}
             try:
-                pending = {
-                    pool.submit(execute, fn, c, self.imports): c
-                    for c in configs
-                }
-                for future in futures.as_completed(pending):
-                    config = pending.pop(future)
-                    error = future.exception()
-                    yield config, future.result() if error is None else error
+                while True:
+                    for config in itertools.islice(
+                        todo, self.workers - len(pending)
+                    ):
+                        future = pool.submit(execute, fn, config, self.imports)
+                        pending[future] = config
+                    if not pending:
+                        break
+                    done, _ = futures.wait(
+                        pending, return_when=futures.FIRST_COMPLETED
+                    )
+                    for future in done:
+                        yield pending.pop(future), _outcome(future)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _outcome(future: futures.Future) -> RunResult | BaseException:
+    error = future.exception()
+    return future.result() if error is None else error
 
 
 class RayExecutor:
@@ -195,7 +211,10 @@ class RayExecutor:
     Needs `pip install ray` (or `pip install keras-dreg[study]`) and
     keras-dreg installed on every node. Joins the cluster at `address`
     (`None`: the running local instance, or a new one that is shut down
-    afterwards). `max_in_flight` bounds the runs submitted at once.
+    afterwards). `max_in_flight` bounds the runs submitted at once
+    (default: the cluster's CPUs, so every submitted run is running and
+    a lazy `configs` that ends, as at `run_study`'s `max_hours`, stops
+    the study after the runs in flight).
 
     Example:
 
@@ -207,7 +226,7 @@ class RayExecutor:
         backend: str,
         address: str | None = None,
         imports: Iterable[str] = (),
-        max_in_flight: int = 256,
+        max_in_flight: int | None = None,
     ):
         self.backend = backend
         self.address = address
@@ -223,15 +242,16 @@ class RayExecutor:
         if started:
             local = {} if self.address else {"include_dashboard": False}
             ray.init(address=self.address, **local)
+        in_flight = self.max_in_flight or max(
+            1, int(ray.cluster_resources().get("CPU", 1))
+        )
         env = {"env_vars": worker_env(self.backend)}
         remote = ray.remote(num_cpus=1, runtime_env=env)(execute)
         todo = iter(configs)
         pending = {}
         try:
             while True:
-                for config in itertools.islice(
-                    todo, self.max_in_flight - len(pending)
-                ):
+                for config in itertools.islice(todo, in_flight - len(pending)):
                     ref = remote.remote(fn, config, self.imports)
                     pending[ref] = config
                 if not pending:

@@ -48,6 +48,13 @@ for spectral normalization) can rebuild them. Images are channels-last.
   Functional graph that layer-by-layer rewrites of the model (such as the
   spectral-normalization clone) would have to handle.
 
+Your own
+--------
+
+`register_model(name, builder)` adds a model to choose per study
+(`StudyConfig.models`, the CLI's ``--models``); the built-in networks
+above are `DEFAULT_MODEL`, ``"default"``.
+
 Sizes are small so that a few epochs on the offline data sets take
 seconds on a two-core CPU. ``build_model`` seeds Keras, NumPy, Python
 and the backend with ``keras.utils.set_random_seed(seed)``, so the same
@@ -57,6 +64,8 @@ seeded too.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 from keras import layers
 
@@ -64,6 +73,8 @@ from keras_dreg.study.datasets import Dataset
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 """The study's hidden-layer activations (see above)."""
+DEFAULT_MODEL = "default"
+"""The name of the built-in networks (see above)."""
 
 HIDDEN_UNITS = 128
 CONV_FILTERS = (32, 64)
@@ -75,9 +86,12 @@ _SAME = {"padding": "same", "data_format": "channels_last"}
 
 
 def build_model(
-    dataset: Dataset, activation: str, seed: int = 0
+    dataset: Dataset,
+    activation: str,
+    seed: int = 0,
+    model: str = DEFAULT_MODEL,
 ) -> keras.Model:
-    """A fresh, uncompiled Functional model for `dataset`, with logits out.
+    """A fresh, uncompiled model for `dataset`, with logits out.
 
     Args:
         dataset: Decides the architecture (``dataset.task``), the input
@@ -85,6 +99,8 @@ def build_model(
         activation: One of `ACTIVATIONS` (any Keras activation name
             works).
         seed: Passed to ``keras.utils.set_random_seed`` first.
+        model: `DEFAULT_MODEL` (the networks above) or a name given to
+            `register_model`.
 
     Returns:
         A ``keras.Model`` with output shape ``(None, num_classes)``.
@@ -99,7 +115,21 @@ def build_model(
     ... )
     >>> history = model.fit(data.x_train, data.y_train, epochs=1, verbose=0)
     """
+    if model not in _MODELS:
+        raise ValueError(
+            f"Unknown model {model!r}; known: {available_models()}."
+        )
     keras.utils.set_random_seed(seed)
+    built = _MODELS[model](dataset, activation)
+    if not isinstance(built, keras.Model):
+        raise TypeError(
+            f"The builder of model {model!r} returned "
+            f"{type(built).__name__}, not a keras.Model."
+        )
+    return built
+
+
+def _default(dataset: Dataset, activation: str) -> keras.Model:
     dtype = "int32" if dataset.task == "text" else "float32"
     inputs = keras.Input(dataset.x_train.shape[1:], dtype=dtype)
     features = _BODIES[dataset.task](inputs, dataset, activation)
@@ -153,3 +183,56 @@ _BODIES = {
     "sequence": _cnn1d,
     "text": _transformer,
 }
+
+
+_MODELS: dict[str, Callable[[Dataset, str], keras.Model]] = {
+    DEFAULT_MODEL: _default
+}
+
+
+def register_model(
+    name: str, builder: Callable[[Dataset, str], keras.Model]
+) -> None:
+    """Adds a model of your own to the study, as `name`.
+
+    ``builder(dataset, activation)`` returns a fresh, uncompiled
+    `keras.Model` for `dataset` (input shape ``dataset.x_train.shape[1:]``)
+    with ``dataset.num_classes`` logits out, its hidden layers using
+    `activation`. The study seeds Keras before calling it, compiles and
+    trains what it returns, and regularizes it as every regularizer
+    does, so DREG finds the layers that carry `activation` themselves.
+    Register it in a module that the study imports
+    (`StudyConfig.imports`, the CLI's ``--imports``).
+
+    Raises:
+        ValueError: If `name` is taken.
+
+    Example:
+
+    >>> def wide(dataset, activation):
+    ...     inputs = keras.Input(dataset.x_train.shape[1:])
+    ...     x = keras.layers.Flatten()(inputs)
+    ...     x = keras.layers.Dense(512, activation=activation)(x)
+    ...     outputs = keras.layers.Dense(dataset.num_classes)(x)
+    ...     return keras.Model(inputs, outputs)
+    >>> register_model("wide", wide)
+    >>> build_model(load_dataset("digits"), "gelu", model="wide").layers[2]
+    <Dense name=dense..., built=True>
+    >>> del _MODELS["wide"]
+    """
+    if name in _MODELS:
+        raise ValueError(f"A model named {name!r} is already registered.")
+    if not callable(builder):
+        raise TypeError(f"builder must be callable, got {builder!r}.")
+    _MODELS[name] = builder
+
+
+def available_models() -> list[str]:
+    """`DEFAULT_MODEL`, then the registered models' names.
+
+    Example:
+
+    >>> available_models()[0]
+    'default'
+    """
+    return list(_MODELS)

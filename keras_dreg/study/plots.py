@@ -5,7 +5,9 @@
 - `rank_heatmap.png`: average rank (1 = best) of each regularizer under
   each activation;
 - `scarcity_advantage.png`: DREG's advantage over the other
-  regularizers versus the training fraction, per unit of analysis.
+  regularizers versus the training fraction, per unit of analysis;
+- `lam_sensitivity.png` (studies with a `lam` grid): accuracy against
+  `lam` for each regularizer run at several strengths.
 """
 
 from pathlib import Path
@@ -21,6 +23,7 @@ PLOTS = {
     "accuracy": "accuracy_by_regularizer.png",
     "ranks": "rank_heatmap.png",
     "scarcity": "scarcity_advantage.png",
+    "sensitivity": "lam_sensitivity.png",
 }
 
 
@@ -147,6 +150,52 @@ def plot_scarcity(rows, regs, reference, path: Path) -> bool:
     ax.set_xlabel("train fraction")
     ax.set_ylabel(f"{reference} accuracy minus other (pp)")
     ax.set_title(f"{reference}'s advantage as training data shrinks")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def plot_sensitivity(points, reference, path: Path) -> bool:
+    """Accuracy against `lam` per regularizer; False if no grid was run.
+
+    One line per regularizer (mean over its matched cells, 95% CI), the
+    study strength marked by a ring; log-scaled `lam`.
+    """
+    if not points:
+        return False
+    fig = _figure(6.0, 4.0)
+    ax = fig.subplots()
+    for regularizer in dict.fromkeys(p.regularizer for p in points):
+        own = [p for p in points if p.regularizer == regularizer]
+        line = ax.errorbar(
+            [p.lam for p in own],
+            [100 * p.accuracy.mean for p in own],
+            yerr=[
+                0 if np.isnan(p.accuracy.ci95) else 100 * p.accuracy.ci95
+                for p in own
+            ],
+            marker="o",
+            capsize=3,
+            color=_color(regularizer, reference)
+            if regularizer == reference
+            else None,
+            label=regularizer,
+        )
+        for p in own:
+            if p.default:
+                ax.plot(
+                    p.lam,
+                    100 * p.accuracy.mean,
+                    "o",
+                    ms=12,
+                    mfc="none",
+                    color=line[0].get_color(),
+                )
+    ax.set_xscale("log")
+    ax.set_xlabel("lam")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy against lam (ring: the study strength)")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
     return True

@@ -6,14 +6,16 @@ produced the runs (preset or config file, strengths, commit, backend,
 versions) and how the study differs from the preprint, then the verdict
 on each of the preprint's findings (`keras_dreg.study.verdicts`: three-
 way, Holm-corrected, over units of analysis, each INCONCLUSIVE one with
-the smallest effect the run could have detected), then the tables.
-Every number is computed from `rows`, the stored runs.
+the smallest effect the run could have detected), then the tables, and
+for a study with a `lam` grid the accuracy against `lam`. Every number
+is computed from `rows`, the stored runs.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
 
 from keras_dreg.study import plots
+from keras_dreg.study import stats
 from keras_dreg.study import tables
 from keras_dreg.study import verdicts
 from keras_dreg.study.settings import ABLATIONS
@@ -103,6 +105,9 @@ def write_report(
         raise ValueError("The database holds no finished runs.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    grid = stats.sensitivity(rows)
+    every_run = rows
+    rows = stats.at_study_strength(rows)
     main = [r for r in rows if r["regularizer"] not in ABLATIONS]
     regs = tables.order({r["regularizer"] for r in main})
     selected = tables.analyses(rows)
@@ -113,7 +118,7 @@ def write_report(
     )
     findings = assess_findings(main, reference)
     sections = [
-        header(rows),
+        header(every_run),
         DIFFERENCES,
         findings_section(findings),
         "## Accuracy by regularizer\n\n"
@@ -137,6 +142,8 @@ def write_report(
         "regularizers, per unit and train fraction:\n\n"
         + tables.scarcity_table(main, reference),
     ]
+    if plots.plot_sensitivity(grid, reference, out / PLOTS["sensitivity"]):
+        sections.append(sensitivity_section(grid))
     ablations = tables.ablation_table(rows)
     if ablations:
         sections.append(
@@ -150,6 +157,19 @@ def write_report(
     path = out / "report.md"
     path.write_text("\n\n".join(sections) + "\n")
     return path
+
+
+def sensitivity_section(points: Sequence[stats.LamPoint]) -> str:
+    """The `lam` grid's table and plot (`stats.sensitivity`)."""
+    return (
+        "## Sensitivity to lam (train fraction 1.0, clean test set)\n\n"
+        f"![sensitivity]({PLOTS['sensitivity']})\n\n"
+        "Each regularizer of the `lam` grid over the cells in which all "
+        "its strengths finished; *minus none* is the paired difference "
+        "to no regularization in the same cells. The findings above use "
+        "only the runs at each regularizer's study strength.\n\n"
+        + tables.sensitivity_table(points)
+    )
 
 
 def provenance_lines(rows: Sequence[Row]) -> list[str]:

@@ -8,9 +8,11 @@ but derived in the analysis (`keras_dreg.study.stats`). One run
 1. loads the data set (seeded; cached per process) and keeps a
    stratified `train_fraction` of its training set (`regimes.subsample`),
 2. seeds Python, NumPy and the backend (`keras.utils.set_random_seed`),
-3. builds the model (`models.build_model`) and regularizes it as
+3. builds the model (`models.build_model`: the study's own network or
+   one given to `models.register_model`) and regularizes it as
    `settings.SETTINGS` says (its fixed strength, never tuned; DREG's is
-   `10**-2.5`), recorded in the run's `options` and key,
+   `10**-2.5`; a `lam` grid runs other strengths), recorded in the
+   run's `options` and key,
 4. trains with Adam (AdamW for `weight_decay_adamw`) and sparse
    categorical cross-entropy on logits,
 5. scores the clean test set and the corrupted test inputs
@@ -19,6 +21,9 @@ but derived in the analysis (`keras_dreg.study.stats`). One run
 Each finished run is stored at once, in its own transaction
 (`store.ResultStore`); running the same grid again skips the runs
 already stored, so a study that was killed resumes where it stopped.
+With `max_hours`, no run starts after that much time; the runs in
+flight finish and are stored, and the same call later goes on from
+there, so a long study can be run in slices.
 
 Executors (`keras_dreg.study.executors`) run the grid in this process,
 a pool of worker processes or on Ray.
@@ -32,12 +37,12 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from keras_dreg.regularizers import REGULARIZERS
 from keras_dreg.study import provenance
 from keras_dreg.study.config import RunConfig
 from keras_dreg.study.config import StudyConfig
@@ -47,10 +52,10 @@ from keras_dreg.study.executors import TrainFn
 from keras_dreg.study.executors import make_executor
 from keras_dreg.study.executors import resolve_backend
 from keras_dreg.study.models import ACTIVATIONS
+from keras_dreg.study.models import available_models
 from keras_dreg.study.models import build_model
 from keras_dreg.study.regimes import corrupt_test_inputs
 from keras_dreg.study.regimes import subsample
-from keras_dreg.study.settings import ABLATIONS
 from keras_dreg.study.settings import SETTINGS
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
@@ -60,8 +65,10 @@ def expand_grid(study: StudyConfig) -> list[RunConfig]:
     """Every run of the study, seeds outermost, regularizers innermost.
 
     In this order the first runs to finish form complete cells (every
-    regularizer on one data set, fraction, activation and seed), and a
-    study stopped early still holds matched comparisons.
+    regularizer, at each strength of its `lam` grid, on one data set,
+    fraction, model, activation and seed), and a study stopped early
+    still holds matched comparisons. Regularizers must be known here
+    (`validate` imports `study.imports` first).
 
     Example:
 
@@ -81,16 +88,20 @@ def expand_grid(study: StudyConfig) -> list[RunConfig]:
             batch_size=study.batch_size,
             learning_rate=study.learning_rate,
             backend=backend,
+            options=SETTINGS[regularizer].record(lam),
+            model=model,
         )
-        for seed, dataset, fraction, activation, regularizer in (
+        for seed, dataset, fraction, model, activation, regularizer in (
             itertools.product(
                 study.seeds,
                 study.datasets,
                 study.train_fractions,
+                study.models,
                 study.activations,
                 study.regularizers,
             )
         )
+        for lam in study.lam.get(regularizer, (None,))
     ]
 
 
@@ -107,13 +118,17 @@ def validate(study: StudyConfig) -> None:
         importlib.import_module(module)
     known = {
         "activations": ACTIVATIONS,
-        "regularizers": REGULARIZERS + ABLATIONS,
+        "regularizers": tuple(SETTINGS),
         "datasets": tuple(available_datasets()),
+        "models": tuple(available_models()),
     }
     for field, names in known.items():
         unknown = [n for n in getattr(study, field) if n not in names]
         if unknown:
             raise ValueError(f"Unknown {field} {unknown}; known: {names}.")
+    for name, lams in study.lam.items():
+        for lam in lams:
+            SETTINGS[name].strength(lam)
 
 
 # --------------------------------------------------------------------------
@@ -138,16 +153,25 @@ def train_run(config: RunConfig) -> RunResult:
     start = time.perf_counter()
     train = subsample(data, config.train_fraction, config.seed)
     keras.utils.set_random_seed(config.seed)
+    if config.regularizer not in SETTINGS:
+        raise ValueError(
+            f"Unknown regularizer {config.regularizer!r}: import the module "
+            "that registers it (StudyConfig.imports, --imports)."
+        )
     setting = SETTINGS[config.regularizer]
-    if setting.record() != config.options:
+    lam = config.options.get("lam")
+    if setting.record(lam) != config.options:
         raise ValueError(
             f"Run {config.key} asks for {config.regularizer!r} with "
             f"{config.options}, but this code trains it with "
-            f"{setting.record()}."
+            f"{setting.record(lam)}."
         )
     model, optimizer = setting.build(
-        build_model(train, config.activation, seed=config.seed),
+        build_model(
+            train, config.activation, seed=config.seed, model=config.model
+        ),
         config.learning_rate,
+        lam=lam,
     )
     model.compile(
         optimizer=optimizer,
@@ -237,7 +261,10 @@ def versions() -> dict[str, str]:
 
 @dataclasses.dataclass
 class StudyProgress:
-    """What `run_study` did: totals and the runs that failed."""
+    """What `run_study` did: totals, the runs that failed, those left.
+
+    `left` counts the runs not started because `max_hours` ran out.
+    """
 
     total: int
     skipped: int
@@ -245,6 +272,7 @@ class StudyProgress:
     failed: list[tuple[RunConfig, str]] = dataclasses.field(
         default_factory=list
     )
+    left: int = 0
 
 
 def run_study(
@@ -253,6 +281,7 @@ def run_study(
     executor=None,
     train_fn: TrainFn = train_run,
     verbose: bool = True,
+    max_hours: float | None = None,
 ) -> StudyProgress:
     """Runs every run of `study` not yet in the database `db`.
 
@@ -268,6 +297,9 @@ def run_study(
         train_fn: The function that performs one run; it must be
             importable by the workers (a module-level function).
         verbose: Print a progress bar and failures.
+        max_hours: Start no run after this many hours; the runs in
+            flight finish and are stored (`progress.left` counts the
+            rest, which the next call runs). `None`: no limit.
 
     Example:
 
@@ -295,10 +327,26 @@ def run_study(
         bar = keras.utils.Progbar(
             len(todo), verbose=int(verbose), unit_name="run"
         )
-        for config, outcome in executor.map_unordered(train_fn, todo):
+        started = _until(todo, max_hours)
+        for config, outcome in executor.map_unordered(train_fn, started):
             _record(store, progress, config, outcome, verbose, study.name)
             bar.update(progress.finished + len(progress.failed))
+        progress.left = len(todo) - progress.finished - len(progress.failed)
+        if verbose and progress.left:
+            print(f"\nStopped after {max_hours} h: {progress.left} runs left.")
     return progress
+
+
+def _until(
+    configs: list[RunConfig], max_hours: float | None
+) -> Iterator[RunConfig]:
+    """`configs`, lazily, ending once `max_hours` have passed."""
+    if max_hours is None:
+        return iter(configs)
+    if max_hours < 0:
+        raise ValueError(f"max_hours must be >= 0, got {max_hours}.")
+    deadline = time.monotonic() + 3600 * max_hours
+    return itertools.takewhile(lambda _: time.monotonic() < deadline, configs)
 
 
 def _record(

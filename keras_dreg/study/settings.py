@@ -39,6 +39,13 @@ Two ablations are available to a study (not among `REGULARIZERS`):
   scaling. At the study's `1e-3` that is a shrink of `5e-7` per step,
   so expect it to train close to `none`.
 
+A study may also train a regularizer at other strengths (a `lam` grid,
+`config.StudyConfig.lam`): `Setting.record(lam)` and
+`Setting.build(..., lam=lam)` give such a run, whose record also holds
+`default_lam`, the setting's own strength, so the analysis can tell the
+grid's runs from the runs at the study strength. Your own regularizers
+join with `register_regularizer`.
+
 Strength and placement are confounded between the rows of the table:
 under ReLU, where `phi'^2` is 1 for the active units and 0 otherwise,
 DREG is `10**-2.5` times the squared kernel norms of the hidden layers
@@ -56,6 +63,7 @@ Example:
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -80,6 +88,9 @@ class Setting:
         options: Further `regularize` options.
         weight_decay: AdamW's decoupled decay; `None` trains with Adam.
         source: Where `lam` (or `weight_decay`) comes from.
+        factory: For a regularizer of your own (`register_regularizer`),
+            ``factory(model, lam=lam, **options)`` returns the
+            regularized model; `None` uses `keras_dreg.regularize`.
 
     Example:
 
@@ -95,31 +106,75 @@ class Setting:
     options: tuple[tuple[str, Any], ...] = ()
     weight_decay: float | None = None
     source: str = ""
+    factory: Callable[..., keras.Model] | None = None
 
-    def record(self) -> dict[str, Any]:
+    def record(self, lam: float | None = None) -> dict[str, Any]:
         """Everything about the setting that changes a run's result.
+
+        `lam` (default: the setting's own) is the strength of the run;
+        a different one is recorded with the setting's as `default_lam`.
 
         Example:
 
         >>> SETTINGS["dreg_unit_slope"].record()["unit_slope"]
         True
+        >>> SETTINGS["dreg"].record(1e-2)["default_lam"]
+        0.0031622776601683794
         """
-        return {
+        lam = self.strength(lam)
+        record = {
             "regularizer": self.regularizer,
-            "lam": self.lam,
+            "lam": lam,
             **dict(self.options),
             "optimizer": "adam" if self.weight_decay is None else "adamw",
             "weight_decay": self.weight_decay,
         }
+        if self.factory is not None:
+            record["factory"] = _qualified_name(self.factory)
+        if lam != self.lam:
+            record["default_lam"] = self.lam
+        return record
+
+    def strength(self, lam: float | None = None) -> float | None:
+        """`lam` as a float, or the setting's own strength if `None`.
+
+        Raises:
+            ValueError: If the setting has no strength to change.
+
+        Example:
+
+        >>> SETTINGS["none"].strength(0.1)
+        Traceback (most recent call last):
+        ValueError: Regularizer 'none' has no lam to set.
+        """
+        if lam is None:
+            return self.lam
+        if self.lam is None:
+            raise ValueError(f"Regularizer {self.name!r} has no lam to set.")
+        if not lam > 0:
+            raise ValueError(f"lam must be > 0, got {lam}.")
+        return float(lam)
 
     def build(
-        self, model: keras.Model, learning_rate: float
+        self,
+        model: keras.Model,
+        learning_rate: float,
+        lam: float | None = None,
     ) -> tuple[keras.Model, keras.optimizers.Optimizer]:
-        """The regularized model and its optimizer."""
-        strength = {} if self.lam is None else {"lam": self.lam}
-        regularized = regularize(
-            model, self.regularizer, **strength, **dict(self.options)
-        )
+        """The regularized model (at `lam`, default its own) and optimizer."""
+        lam = self.strength(lam)
+        strength = {} if lam is None else {"lam": lam}
+        if self.factory is None:
+            regularized = regularize(
+                model, self.regularizer, **strength, **dict(self.options)
+            )
+        else:
+            regularized = self.factory(model, **strength, **dict(self.options))
+            if not isinstance(regularized, keras.Model):
+                raise TypeError(
+                    f"The factory of {self.name!r} returned "
+                    f"{type(regularized).__name__}, not a keras.Model."
+                )
         if self.weight_decay is None:
             return regularized, keras.optimizers.Adam(learning_rate)
         optimizer = keras.optimizers.AdamW(
@@ -184,3 +239,62 @@ SETTINGS = {
 """The study's regularizers and ablations, by name."""
 
 assert set(REGULARIZERS) | set(ABLATIONS) == set(SETTINGS)
+
+
+def register_regularizer(
+    name: str,
+    factory: Callable[..., keras.Model],
+    lam: float | None = None,
+    source: str = "",
+    **options: Any,
+) -> Setting:
+    """Adds a regularizer of your own to the study, as `name`.
+
+    A run of it calls ``factory(model, lam=lam, **options)`` (without
+    `lam` when it is `None`) on the study's fresh model and trains what
+    it returns with Adam, exactly as the built-in regularizers are
+    trained. The model it returns adds its penalty as a loss of the
+    training forward pass (`add_loss`, as Keras's activity regularizers
+    do), or is the model itself with regularized layers. `lam` is its
+    study strength; a `lam` grid (`StudyConfig.lam`) may run others. The
+    factory's module and name are recorded with every run. Register it
+    in a module that the study imports (`StudyConfig.imports`, the
+    CLI's `--imports`), so that every worker has it.
+
+    Args:
+        name: The study's name for it; must be new.
+        factory: ``factory(model, lam=..., **options) -> keras.Model``.
+        lam: Its strength (`None`: it takes none).
+        source: Where the strength comes from, for the record.
+        **options: Further keyword arguments for `factory`.
+
+    Returns:
+        The new `Setting` (also in `SETTINGS`).
+
+    Example:
+
+    >>> def l2(model, lam):
+    ...     return keras_dreg.regularize(model, "weight_decay", lam=lam)
+    >>> register_regularizer("my_l2", l2, lam=1e-4).record()["lam"]
+    0.0001
+    >>> del SETTINGS["my_l2"]
+    """
+    if name in SETTINGS:
+        raise ValueError(f"A regularizer named {name!r} is registered.")
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {factory!r}.")
+    setting = Setting(
+        name,
+        name,
+        lam=None if lam is None else float(lam),
+        options=tuple(sorted(options.items())),
+        source=source,
+        factory=factory,
+    )
+    SETTINGS[name] = setting
+    return setting
+
+
+def _qualified_name(function: Callable) -> str:
+    module = getattr(function, "__module__", None) or "?"
+    return f"{module}.{getattr(function, '__qualname__', repr(function))}"

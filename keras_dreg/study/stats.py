@@ -14,7 +14,10 @@ runs and a score:
 
 Regularizers are compared on matched cells: runs that agree on every
 setting but the regularizer (activation, data set, train fraction,
-seed, epochs, batch size, learning rate, backend, code version). This
+seed, epochs, batch size, learning rate, backend, code version, model).
+The findings use each regularizer at its study strength
+(`at_study_strength`); runs of a `lam` grid at other strengths enter
+only the sensitivity analysis (`sensitivity`). This
 module holds the building blocks (scores, summaries, ranks, the
 Wilcoxon test, Holm's correction, the rank-biserial correlation); the
 tests of the findings, over units of analysis, are in
@@ -44,6 +47,7 @@ CELL_FIELDS = (
     "learning_rate",
     "backend",
     "code",
+    "model",
 )
 
 Row = Mapping[str, Any]
@@ -275,3 +279,107 @@ def best_attainable_p(n: int, family_size: int = 1) -> float:
     if n < 1:
         return 1.0
     return min(1.0, family_size * 2.0 / 2.0**n)
+
+
+# --------------------------------------------------------------------------
+# The lam grid.
+
+
+def _lam(row: Row) -> tuple[float | None, bool]:
+    """A row's `lam` and whether it is its regularizer's study strength."""
+    options = row.get("options") or {}
+    return options.get("lam"), "default_lam" not in options
+
+
+def at_study_strength(rows: Iterable[Row]) -> list[Row]:
+    """The rows at their regularizer's study strength (no `lam` grid ones).
+
+    Example:
+
+    >>> row = dict(regularizer="dreg", options={"lam": 0.01,
+    ...            "default_lam": 10**-2.5})
+    >>> at_study_strength([row])
+    []
+    """
+    return [r for r in rows if _lam(r)[1]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LamPoint:
+    """One strength of a regularizer's `lam` grid, over matched cells.
+
+    `accuracy` and `noisy` summarize the clean and noisy test accuracy;
+    `versus_none` the paired difference to `none` in the same cells
+    (`None` without `none` runs); `default` marks the study strength.
+
+    Example:
+
+    >>> points = sensitivity(rows)  # doctest: +SKIP
+    >>> [(p.lam, p.accuracy.mean) for p in points]  # doctest: +SKIP
+    [(0.001, 0.95), (0.0031622776601683794, 0.96), (0.01, 0.94)]
+    """
+
+    regularizer: str
+    lam: float
+    default: bool
+    accuracy: Summary
+    noisy: Summary
+    versus_none: Summary | None
+
+
+def sensitivity(rows: Iterable[Row]) -> list[LamPoint]:
+    """Accuracy against `lam` for each regularizer run at several strengths.
+
+    Uses the runs at train fraction 1.0 and, per regularizer, the cells
+    (`CELL_FIELDS`) in which every one of its strengths finished, so the
+    points of one regularizer are paired. Regularizers with a single
+    strength are left out.
+
+    Example:
+
+    >>> rows = [dict(regularizer="dreg", options={"lam": lam},
+    ...              train_fraction=1.0, seed=0, accuracy=acc,
+    ...              noisy_accuracy=acc / 2)
+    ...         for lam, acc in ((0.001, 0.8), (0.01, 0.9))]
+    >>> rows[0]["options"]["default_lam"] = 0.01
+    >>> [(p.lam, p.accuracy.mean) for p in sensitivity(rows)]
+    [(0.001, 0.8), (0.01, 0.9)]
+    """
+    rows = [r for r in rows if r["train_fraction"] >= 1.0]
+    cells = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        lam, _ = _lam(row)
+        cells[row["regularizer"]][to_score(row).cell][lam] = row
+    baseline = {
+        to_score(r).cell: r["accuracy"]
+        for r in rows
+        if r["regularizer"] == "none"
+    }
+    points = []
+    for regularizer, by_cell_ in cells.items():
+        lams = sorted({lam for runs in by_cell_.values() for lam in runs})
+        if len(lams) < 2 or None in lams:
+            continue
+        complete = {
+            c: runs for c, runs in by_cell_.items() if len(runs) == len(lams)
+        }
+        for lam in lams:
+            runs = {c: r[lam] for c, r in complete.items()}
+            paired = [
+                r["accuracy"] - baseline[c]
+                for c, r in runs.items()
+                if c in baseline
+            ]
+            points.append(
+                LamPoint(
+                    regularizer=regularizer,
+                    lam=lam,
+                    default=all(_lam(r)[1] for r in runs.values()),
+                    accuracy=summarize([r["accuracy"] for r in runs.values()]),
+                    noisy=summarize(
+                        [r["noisy_accuracy"] for r in runs.values()]
+                    ),
+                    versus_none=summarize(paired) if paired else None,
+                )
+            )
+    return points

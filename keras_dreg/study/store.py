@@ -52,9 +52,10 @@ _RUN_COLUMNS = (
     ("git_commit", "TEXT"),
     ("preset", "TEXT"),
     ("task", "TEXT"),
+    ("model", "TEXT"),
 )
-"""Columns; the last five (provenance) are NULL in files from before them."""
-_PROVENANCE = ("options", "code", "git_commit", "preset", "task")
+"""Columns; the last six (provenance) are NULL in files from before them."""
+_PROVENANCE = ("options", "code", "git_commit", "preset", "task", "model")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     {", ".join(f"{name} {kind}" for name, kind in _RUN_COLUMNS)}

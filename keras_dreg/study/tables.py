@@ -189,3 +189,45 @@ def scarcity_table(rows: Sequence[Row], reference: str) -> str:
         body.append([f"{fraction:g}", s.n, f"{100 * s.mean:+.2f}", ci])
     header = ["train fraction", "units", "advantage (pp)", "95% CI (pp)"]
     return markdown(header, body)
+
+
+def sensitivity_table(points: Sequence[stats.LamPoint]) -> str:
+    """Accuracy against `lam` per regularizer (`stats.sensitivity`).
+
+    Example:
+
+    >>> print(sensitivity_table(stats.sensitivity(rows)))  # doctest: +SKIP
+    | regularizer | lam | cells | accuracy (%) | minus none (pp) | ...
+    """
+    body = []
+    for p in points:
+        versus = p.versus_none
+        body.append(
+            [
+                p.regularizer,
+                f"{p.lam:.3g}" + (" (study)" if p.default else ""),
+                f"{np.log10(p.lam):.2f}",
+                p.accuracy.n,
+                _pct(p.accuracy),
+                "–" if versus is None else _pp(versus),
+                _pct(p.noisy),
+            ]
+        )
+    return markdown(
+        [
+            "regularizer",
+            "lam",
+            "log10 lam",
+            "cells",
+            "accuracy (%)",
+            "minus none (pp, 95% CI)",
+            "noisy accuracy (%)",
+        ],
+        body,
+    )
+
+
+def _pp(summary: stats.Summary) -> str:
+    if summary.n < 2:
+        return f"{100 * summary.mean:+.2f}"
+    return f"{100 * summary.mean:+.2f} ± {100 * summary.ci95:.2f}"
