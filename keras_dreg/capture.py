@@ -11,15 +11,22 @@ it. Two shapes are recognized:
    is the input of the activation layer. This needs the layer graph, so it
    is found in Functional and Sequential models (also nested ones).
 
-During a training step `ActivationCapture.recording()` installs light
-hooks on exactly those layers (the activation function of shape 1 and of
-`Activation` layers, the `call` of the other activation layers and of
-the normalization layers of shape 2), records what flows through them
-into a thread-local list and removes the hooks when the step has been
-traced or run. Hooks are installed once, whatever the number of threads
-tracing at the same time (TF `MirroredStrategy` replicas), and never
-outside a step, so saving, `evaluate` and `predict` see the layers as
-they were built.
+`survey()` also lists what it leaves out, and why (a normalization that
+mixes units or a `Dropout` between kernel layer and activation, an
+activation after `Add`, a recurrent layer, a softmax, an exclusion...):
+`model.dreg_summary()` prints it, and `UnregularizedWarning` names the
+gaps once.
+
+During a training forward pass `ActivationCapture.recording()` hooks
+exactly those layers through `keras_dreg.interception` (the activation
+function of shape 1 and of `Activation` layers, the `call` of the other
+activation layers and of the normalization layers of shape 2, and the
+kernel layer's `call` where its input shape or mask is needed), records
+what flows through them into per-thread lists and removes the hooks when
+the pass has been traced or run. Hooks are installed once, whatever the
+number of threads tracing at the same time (TF `MirroredStrategy`
+replicas), and never outside a training pass, so saving, `evaluate` and
+`predict` see the layers as they were built.
 
 Where the activation has `value_and_derivatives` (the smooth built-in
 ones, and custom ones registered with `phi''`), the hooked activation
