@@ -117,8 +117,9 @@ def mean_squared_slope(z, slope, curvature, axes):
     `torch.autograd.Function`, the sum of squares in one reduction,
     the gradient in two in-place passes over `phi''(z)`. `slope` is
     `phi'(z)`, without gradient history; `curvature` is `phi''(z)`
-    likewise, or the function `phi''`, then evaluated from `z` in the
-    backward pass (not at all without one). See
+    likewise, or the function `phi''` (returning a new tensor, which the
+    backward pass overwrites), then evaluated from `z` in the backward
+    pass (not at all without one). See
     `keras_dreg.penalty.mean_squared_slope`, the definition.
 
     Example:
