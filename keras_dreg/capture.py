@@ -480,7 +480,9 @@ def _same_axis(layer, batch_norm):
 class Record:
     """What one call of a site recorded: `z`; `(phi'(z), phi''(z))` when
     the activation was evaluated with them (float32, no gradient
-    history); the kernel layer's input shape and mask where needed; the
+    history; `phi''(z)` may be the function `phi''`, deferred by a
+    backend's fast path, see `keras_dreg.penalty.mean_squared_slope`);
+    the kernel layer's input shape and mask where needed; the
     normalization's input and training flag when a `BatchNormalization`
     is involved."""
 

@@ -395,6 +395,9 @@ def layer_penalty(
         evaluated: Optional `(phi'(z), phi''(z))`, float32, already
             evaluated (by the training step's forward pass, see
             `keras_dreg.capture`); used instead of evaluating them again.
+            `phi''(z)` may be the function `phi''` instead (a backend's
+            fast path defers it to the backward pass, see
+            `mean_squared_slope`).
         input_shape: The shape of the layer's input at that call (the
             batch size may be `None`). Required where
             `needs_input_shape(layer)`; ignored elsewhere.
@@ -456,7 +459,9 @@ def layer_penalty(
             squared = squared * weight
         squared_slope = ops.mean(squared, axis=axes, keepdims=True)
     else:
-        slope, curvature = (ops.cast(t, "float32") for t in evaluated)
+        slope, curvature = (
+            t if callable(t) else ops.cast(t, "float32") for t in evaluated
+        )
         squared_slope = _mean_squared_slope(z, slope, curvature, axes, weight)
     if unit_scale is not None:
         squared_slope = squared_slope * ops.square(unit_scale)
@@ -465,13 +470,14 @@ def layer_penalty(
 
 def _first_examples(k, pre_activation, evaluated, mask):
     """`z`, `(phi', phi'')` and `mask` cut to the first `k` examples
-    (axis 0); unchanged where the batch has at most `k` (then the term
-    is computed on the very same tensors as without `sample_size`)."""
+    (axis 0; a deferred `phi''`, a function, as it is); unchanged where
+    the batch has at most `k` (then the term is computed on the very
+    same tensors as without `sample_size`)."""
     batch = pre_activation.shape[0]
     if batch is not None and batch <= k:
         return pre_activation, evaluated, mask
     if evaluated is not None:
-        evaluated = tuple(t[:k] for t in evaluated)
+        evaluated = tuple(t if callable(t) else t[:k] for t in evaluated)
     if mask is not None and tuple(mask.shape[:1]) == (batch,):
         mask = mask[:k]
     return pre_activation[:k], evaluated, mask
@@ -493,7 +499,7 @@ def _mean_squared_slope(z, slope, curvature, axes, weight=None):
     equivalent); `weight` (default 1) a constant."""
     if weight is not None:
         slope = slope * ops.sqrt(weight)
-        curvature = curvature * ops.sqrt(weight)
+        curvature = _evaluate(curvature, z) * ops.sqrt(weight)
     mean = fast_path(mean_squared_slope) or mean_squared_slope
     return mean(z, slope, curvature, axes)
 
@@ -503,10 +509,12 @@ def mean_squared_slope(z, slope, curvature, axes):
     form.
 
     `slope` and `curvature` are `phi'(z)` and `phi''(z)`, evaluated
-    without gradient history. `d mean(phi'(z)^2) / dz = 2 phi'(z)
-    phi''(z) / count`, where `count` is the number of values averaged
-    per unit. This `keras.ops` form is the definition; a backend may
-    compute it faster (`keras_dreg.backend.fast_path`).
+    without gradient history; `curvature` may also be the function
+    `phi''`, evaluated here at `z` (a backend's fast path defers it to
+    the backward pass). `d mean(phi'(z)^2) / dz = 2 phi'(z) phi''(z) /
+    count`, where `count` is the number of values averaged per unit.
+    This `keras.ops` form is the definition; a backend may compute it
+    faster (`keras_dreg.backend.fast_path`).
 
     Example:
 
@@ -520,6 +528,7 @@ def mean_squared_slope(z, slope, curvature, axes):
         count = count * ops.shape(z)[axis]
     if not isinstance(count, int):  # a dynamic size, in a traced step
         count = ops.cast(count, "float32")
+    curvature = _evaluate(curvature, z)
 
     def with_gradient(z, slope, curvature):
         def grad(upstream):
@@ -528,3 +537,11 @@ def mean_squared_slope(z, slope, curvature, axes):
         return ops.mean(ops.square(slope), axis=axes, keepdims=True), grad
 
     return custom_gradient(with_gradient)(z, slope, curvature)
+
+
+def _evaluate(curvature, z):
+    """`phi''(z)` without gradient history, from its values or from the
+    function `phi''` (deferred by a backend's fast path)."""
+    if callable(curvature):
+        return curvature(ops.stop_gradient(z))
+    return curvature

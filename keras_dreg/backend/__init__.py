@@ -77,11 +77,14 @@ def fast_path(reference: Callable) -> Callable | None:
 
     The equivalent has `reference`'s signature and returns the same
     values and gradients up to rounding (tests assert it, rtol 1e-5);
-    the `keras.ops` function stays the definition. Today: eager PyTorch
-    (not under `torch.compile`, whose compiler fuses the `keras.ops`
-    form itself) has fused forms of the exact GELU's joint evaluation
-    and of the penalty's per-unit `mean(phi'(z)^2)` (see
-    `keras_dreg.backend.torch`).
+    the `keras.ops` function stays the definition. One liberty: a joint
+    evaluation `z -> (phi, phi', phi'')` may return the function `phi''`
+    in place of its values, which `keras_dreg.penalty.mean_squared_slope`
+    (and its fast form, in the backward pass) then evaluates at `z`.
+    Today: eager PyTorch (not under `torch.compile`, whose compiler
+    fuses the `keras.ops` form itself) has fused forms of the exact
+    GELU's joint evaluation and of the penalty's per-unit
+    `mean(phi'(z)^2)` (see `keras_dreg.backend.torch`).
 
     Example:
 

@@ -65,34 +65,47 @@ def fast_path(reference):
 
 
 def gelu_value_and_derivatives(z):
-    """`(gelu(z), gelu'(z), gelu''(z))` of the exact GELU, float32.
+    """`(gelu(z), gelu'(z), gelu'')` of the exact GELU, float32: the
+    third is the function `gelu''` (`gelu_curvature`), not its values,
+    which `mean_squared_slope` evaluates from `z` in its backward pass,
+    only when a gradient is asked for.
 
-        gelu(z) = z Phi(z),  gelu' = Phi(z) + z N(z),
-        gelu'' = N(z) (2 - z^2)
+        gelu(z) = z Phi(z),  gelu' = Phi(z) + z N(z)
 
     `Phi` and `N` the standard normal CDF and density. `gelu` and
     `gelu'` are torch's fused kernels (`gelu`, `gelu_backward` with a
-    unit upstream, one pass each); `gelu''` is four in-place passes
-    after `z^2`, against some 13 passes of the `keras.ops` form
-    (`derivatives._gelu_joint`). A `ones_like(z)` upstream keeps `z`'s
-    memory layout (Keras's convolutions return permuted views), where
-    an expanded scalar would make `gelu_backward` take its slow strided
-    loop.
+    unit upstream, one pass each), against some 13 passes of the
+    `keras.ops` form (`derivatives._gelu_joint`). A `ones_like(z)`
+    upstream keeps `z`'s memory layout (Keras's convolutions return
+    permuted views), where an expanded scalar would make
+    `gelu_backward` take its slow strided loop.
 
     Example:
 
     >>> value, slope, curvature = gelu_value_and_derivatives(
     ...     torch.zeros(2)
     ... )
-    >>> slope.tolist()
-    [0.5, 0.5]
+    >>> slope.tolist(), curvature is gelu_curvature
+    ([0.5, 0.5], True)
     """
     value = torch.nn.functional.gelu(z)
     slope = torch.ops.aten.gelu_backward(torch.ones_like(z), z)
+    return value, slope, gelu_curvature
+
+
+def gelu_curvature(z):
+    """`gelu''(z) = N(z) (2 - z^2)`, a new tensor: four in-place passes
+    after `z^2`.
+
+    Example:
+
+    >>> curvature = gelu_curvature(torch.tensor([0.0, 2.0]))
+    >>> [round(c, 4) for c in curvature.tolist()]
+    [0.7979, -0.108]
+    """
     curvature = torch.square(z)
     density = torch.mul(curvature, -0.5).exp_().mul_(_INV_SQRT_2PI)
-    curvature.neg_().add_(2.0).mul_(density)
-    return value, slope, curvature
+    return curvature.neg_().add_(2.0).mul_(density)
 
 
 _INV_SQRT_2PI = 0.3989422804014327
@@ -102,14 +115,17 @@ def mean_squared_slope(z, slope, curvature, axes):
     """`mean(phi'(z)^2)` over `axes` (kept), with the gradient
     `upstream * 2 phi'(z) phi''(z) / count` into `z`: one
     `torch.autograd.Function`, the sum of squares in one reduction,
-    the gradient in two passes into one new tensor. `slope` and
-    `curvature` are `phi'(z)` and `phi''(z)`, without gradient history.
-    See `keras_dreg.penalty.mean_squared_slope`, the definition.
+    the gradient in two in-place passes over `phi''(z)`. `slope` is
+    `phi'(z)`, without gradient history; `curvature` is `phi''(z)`
+    likewise, or the function `phi''` (returning a new tensor, which the
+    backward pass overwrites), then evaluated from `z` in the backward
+    pass (not at all without one). See
+    `keras_dreg.penalty.mean_squared_slope`, the definition.
 
     Example:
 
     >>> z = torch.zeros(4, 3, requires_grad=True)
-    >>> mean = mean_squared_slope(z, z + 0.5, z + 1.0, (0,))
+    >>> mean = mean_squared_slope(z, z + 0.5, lambda t: t + 1.0, (0,))
     >>> mean.tolist()
     [[0.25, 0.25, 0.25]]
     """
@@ -123,12 +139,20 @@ class _MeanSquaredSlope(torch.autograd.Function):
         for axis in axes:
             count *= z.shape[axis]
         ctx.count = count
-        ctx.save_for_backward(slope, curvature)
+        if callable(curvature):
+            ctx.curvature = curvature
+            ctx.save_for_backward(slope, z)
+        else:
+            ctx.curvature = None
+            ctx.save_for_backward(slope, curvature)
         return torch.sum(slope * slope, dim=axes, keepdim=True).div_(count)
 
     @staticmethod
     def backward(ctx, upstream):
-        slope, curvature = ctx.saved_tensors
-        grad = torch.mul(slope, curvature)
+        slope, saved = ctx.saved_tensors
+        if ctx.curvature is None:
+            grad = torch.mul(slope, saved)
+        else:
+            grad = ctx.curvature(saved).mul_(slope)
         grad.mul_(upstream * (2.0 / ctx.count))
         return grad, None, None, None
