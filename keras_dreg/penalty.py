@@ -117,7 +117,7 @@ def unit_weight_norms(layer: keras.layers.Layer) -> keras.KerasTensor:
 
     >>> layer = keras.layers.Dense(3)
     >>> layer.build((None, 2))
-    >>> unit_weight_norms(layer).shape
+    >>> tuple(unit_weight_norms(layer).shape)
     (3,)
     """
     if isinstance(layer, EINSUM_LAYERS):
