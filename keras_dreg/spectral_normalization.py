@@ -33,14 +33,10 @@ import keras
 from keras import ops
 from keras.src.models.functional import Functional
 
+from keras_dreg import penalty
+
 SPECTRAL_LAYERS = (
-    keras.layers.Dense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
+    penalty.DENSE_LAYERS + penalty.CONV_LAYERS + penalty.TRANSPOSE_LAYERS
 )
 """The layers `spectral_normalized` wraps."""
 
