@@ -24,8 +24,9 @@ source "$repo/scripts/setup.sh"
 cd "$repo"
 
 export KERAS_BACKEND="${KERAS_BACKEND:-tensorflow}"
-# Less TensorFlow start-up noise, unless the caller asked for it.
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# Less TensorFlow start-up noise (scripts/quiet_tf.sh): `quietly CMD`.
+# shellcheck source=scripts/quiet_tf.sh
+source "$repo/scripts/quiet_tf.sh"
 
 # Every script but example_cli.py, the options the scripts share.
 scripts=()
@@ -45,7 +46,7 @@ run_job() {
     echo "== $name (KERAS_BACKEND=$KERAS_BACKEND)"
     echo "======================================================================"
     local start=$SECONDS rc=0
-    "$@" || rc=$?
+    quietly "$@" || rc=$?
     local status="ok"
     if [[ "$rc" != 0 ]]; then
         status="FAILED (exit $rc)"
