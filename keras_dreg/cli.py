@@ -192,7 +192,8 @@ def _report(args: argparse.Namespace) -> int:
         return 2
     with ResultStore(args.db) as store:
         rows = store.rows()
-    path = write_report(rows, args.out)
+        slices, failures = store.slices(), store.failures()
+    path = write_report(rows, args.out, slices=slices, failures=failures)
     print(f"Wrote {path}")
     main = [
         r for r in at_study_strength(rows) if r["regularizer"] not in ABLATIONS
@@ -220,8 +221,14 @@ def _status(args: argparse.Namespace) -> int:
         done = store.finished_keys()
         studies = store.studies()
         rows = store.rows()
+        failed = len(store.failures())
     per_backend = ", ".join(f"{b}: {n}" for b, n in sorted(counts.items()))
     print(f"{args.db}: {len(done)} runs stored ({per_backend or 'none'})")
+    if failed:
+        print(
+            f"  {failed} runs failed (`study report` lists their errors; "
+            "`study run` retries them)"
+        )
     for study in studies:
         config = StudyConfig(**study["config"])
         try:

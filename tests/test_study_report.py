@@ -6,6 +6,7 @@ seeded noise, stored through `ResultStore` exactly as the runner stores
 real runs. No model is trained, so these tests are backend-independent.
 """
 
+import dataclasses
 import sqlite3
 
 import numpy as np
@@ -254,6 +255,63 @@ def test_report_from_fixture_database(tmp_path, capsys):
         assert f"]({name})" in text
         image = _read_png(out / name)
         assert image.shape[0] > 200 and image.shape[1] > 300
+
+
+def test_report_says_how_it_was_run_and_lists_failed_runs(tmp_path, capsys):
+    db = tmp_path / "results.sqlite"
+    results = synthetic_results(PAPER_LIKE)
+    database(db, results)
+    sitting = dict(
+        backend="jax",
+        executor="LocalExecutor (2 workers)",
+        machine="Linux x86_64, 2 CPUs (Some CPU), Python 3.11.7",
+        git_commit="0123456789abcdef",
+        failed=1,
+    )
+    with ResultStore(db) as store:
+        store.record_slice(
+            started_at="2026-12-01T10:00:00+00:00",
+            ended_at="2026-12-01T11:30:00+00:00",
+            finished=100,
+            left_over=20,
+            **sitting,
+        )
+        store.record_slice(
+            started_at="2026-12-02T08:00:00+00:00",
+            ended_at="2026-12-02T08:15:00+00:00",
+            finished=19,
+            left_over=0,
+            **sitting,
+        )
+        failed = dataclasses.replace(results[0].config, seed=99)
+        store.add_failure(failed, "FloatingPointError: loss is NaN")
+    out = tmp_path / "report"
+    assert (
+        cli.main(["study", "report", "--db", str(db), "--out", str(out)]) == 0
+    )
+    text = (out / "report.md").read_text()
+    assert "## How it was run" in text
+    assert "2 sitting(s), 1.75 h of wall clock in all" in text
+    assert (
+        "| 1 | 2026-12-01T10:00:00+00:00 | 1.50 | Linux x86_64, 2 CPUs "
+        "(Some CPU), Python 3.11.7 | jax | LocalExecutor (2 workers) | "
+        "0123456789ab | 100 | 1 | 20 |"
+    ) in text
+    config = results[0].config
+    name = (
+        f"{config.activation} {config.regularizer} {config.dataset} "
+        f"fraction {config.train_fraction} seed 99"
+    )
+    assert f"| {name} | FloatingPointError: loss is NaN |" in text
+    cli.main(["study", "status", "--db", str(db)])
+    assert "1 runs failed" in capsys.readouterr().out
+
+
+def test_report_of_a_store_without_sittings_has_no_such_section(tmp_path):
+    db = tmp_path / "results.sqlite"
+    rows = database(db, synthetic_results(PAPER_LIKE))
+    text = report.write_report(rows, tmp_path / "report").read_text()
+    assert "## How it was run" not in text
 
 
 def test_status_shows_provenance_and_verdicts(tmp_path, capsys):

@@ -203,10 +203,25 @@ def test_failed_runs_are_reported_and_retried(tmp_path, monkeypatch):
     )
     assert progress.finished == 16 and len(progress.failed) == 8
     assert "loss is NaN" in progress.failed[0][1]
+    with ResultStore(db) as store:
+        failures = store.failures()
+    assert len(failures) == 8
+    assert {f["config"]["regularizer"] for f in failures} == {"weight_decay"}
+    assert failures[0]["message"] == "FloatingPointError: loss is NaN"
     monkeypatch.delenv("FLAKY")
     retry = runner.run_study(fake_study(), db, train_fn=flaky_train, verbose=0)
     assert (retry.skipped, retry.finished, retry.failed) == (16, 8, [])
     assert len(table(db)) == 24
+    with ResultStore(db) as store:
+        assert store.failures() == []
+        slices = store.slices()
+    assert [(s["finished"], s["failed"], s["left_over"]) for s in slices] == [
+        (16, 8, 0),
+        (8, 0, 0),
+    ]
+    assert slices[0]["executor"] == "InlineExecutor"
+    assert slices[0]["machine"] == provenance.machine()
+    assert slices[0]["started_at"] <= slices[0]["ended_at"]
 
 
 _KILLED_DRIVER = """

@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import pytest
+
 from keras_dreg.study.config import RunConfig
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
@@ -99,3 +101,43 @@ def test_record_study_once_per_config(tmp_path):
         studies = store.studies()
     assert [s["config"]["epochs"] for s in studies] == [2, 3]
     assert studies[0]["total"] == 12
+
+
+def test_failures_are_kept_until_the_run_finishes(tmp_path):
+    failing, other = make_run(seed=1), make_run(seed=2)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.add_failure(failing, "FloatingPointError: loss is NaN")
+        store.add_failure(other, "first error")
+        store.add_failure(other, "second error")
+        assert [f["message"] for f in store.failures()] == [
+            "FloatingPointError: loss is NaN",
+            "second error",
+        ]
+        assert store.failures()[0]["config"]["seed"] == 1
+        store.add(make_result(failing))
+        assert [f["config"]["seed"] for f in store.failures()] == [2]
+
+
+SLICE = dict(
+    started_at="2026-12-01T10:00:00+00:00",
+    ended_at="2026-12-01T11:30:00+00:00",
+    backend="jax",
+    executor="LocalExecutor (2 workers)",
+    machine="Linux x86_64, 2 CPUs (a CPU), Python 3.11.7",
+    git_commit="abc",
+    finished=10,
+    failed=1,
+    left_over=5,
+)
+
+
+def test_slices_round_trip_and_need_every_field(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.record_slice(**SLICE)
+        store.record_slice(**{**SLICE, "finished": 3, "left_over": 0})
+        assert store.slices() == [
+            SLICE,
+            {**SLICE, "finished": 3, "left_over": 0},
+        ]
+        with pytest.raises(ValueError, match="fields"):
+            store.record_slice(**{**SLICE, "hostname": "x"})

@@ -16,6 +16,8 @@ Example:
 import functools
 import hashlib
 import importlib.metadata
+import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -111,6 +113,31 @@ def git_commit() -> str | None:
         if line.strip()
     )
     return commit + ("+dirty" if dirty else "")
+
+
+def machine() -> str:
+    """The computer this process runs on: OS, CPU model and count, Python.
+
+    Example:
+
+    >>> machine()  # doctest: +SKIP
+    'Linux x86_64, 2 CPUs (AMD EPYC 9B14), Python 3.11.7'
+    """
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs "
+        f"({_cpu_model()}), Python {platform.python_version()}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown model"
 
 
 def _git(*args: str) -> str:

@@ -3,7 +3,9 @@
 `write_report(rows, out_dir)` writes `report.md` and the plots of
 `keras_dreg.study.plots` into `out_dir`. The report opens with what
 produced the runs (preset or config file, strengths, commit, backend,
-versions) and how the study differs from the preprint, then the verdict
+versions), how and where they were run and which failed (given the
+store's `slices` and `failures`) and how the study differs from the
+preprint, then the verdict
 on each of the preprint's findings (`keras_dreg.study.verdicts`: three-
 way, Holm-corrected, over units of analysis, each INCONCLUSIVE one with
 the smallest effect the run could have detected), then the tables, and
@@ -12,6 +14,7 @@ is computed from `rows`, the stored runs.
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from keras_dreg.study import plots
@@ -85,19 +88,33 @@ _METHOD = f"""## Method
 
 
 def write_report(
-    rows: Sequence[Row], out_dir: str | Path, reference: str = REFERENCE
+    rows: Sequence[Row],
+    out_dir: str | Path,
+    reference: str = REFERENCE,
+    slices: Sequence[dict] = (),
+    failures: Sequence[dict] = (),
 ) -> Path:
     """Writes `report.md` and the plots into `out_dir`; returns the file.
+
+    The report is a function of its arguments only (no clock, no
+    environment), so the same database always gives the same report.
 
     Args:
         rows: Stored runs (`store.ResultStore.rows()`).
         out_dir: Folder for the report (created if missing).
         reference: The regularizer compared against all others.
+        slices: The `run_study` calls that made them
+            (`ResultStore.slices()`), shown as *How it was run*.
+        failures: Runs that failed (`ResultStore.failures()`), listed
+            with their errors.
 
     Example:
 
     >>> with ResultStore("results.sqlite") as store:  # doctest: +SKIP
-    ...     write_report(store.rows(), "report/")
+    ...     write_report(
+    ...         store.rows(), "report/", slices=store.slices(),
+    ...         failures=store.failures(),
+    ...     )
     PosixPath('report/report.md')
     """
     rows = list(rows)
@@ -117,8 +134,10 @@ def write_report(
         main, regs, reference, out / PLOTS["scarcity"]
     )
     findings = assess_findings(main, reference)
-    sections = [
-        header(every_run),
+    sections = [header(every_run)]
+    if slices or failures:
+        sections.append(how_it_was_run(slices, failures))
+    sections += [
         DIFFERENCES,
         findings_section(findings),
         "## Accuracy by regularizer\n\n"
@@ -234,6 +253,82 @@ def header(rows: Sequence[Row]) -> str:
         f"- epochs: {values('epochs')}; batch size: {values('batch_size')}; "
         f"learning rate: {values('learning_rate')}\n"
         + "\n".join(provenance_lines(rows))
+    )
+
+
+def how_it_was_run(slices: Sequence[dict], failures: Sequence[dict]) -> str:
+    """Each `run_study` call (when, where, with what) and the failed runs.
+
+    Example:
+
+    >>> with ResultStore("results.sqlite") as store:  # doctest: +SKIP
+    ...     print(how_it_was_run(store.slices(), store.failures()))
+    """
+    hours = sum(_hours(s["started_at"], s["ended_at"]) for s in slices)
+    table = tables.markdown(
+        [
+            "#",
+            "started (UTC)",
+            "hours",
+            "machine",
+            "backend",
+            "executor",
+            "commit",
+            "finished",
+            "failed",
+            "left",
+        ],
+        (
+            [
+                i,
+                s["started_at"],
+                f"{_hours(s['started_at'], s['ended_at']):.2f}",
+                s["machine"],
+                s["backend"],
+                s["executor"],
+                (s["git_commit"] or "unknown")[:12],
+                s["finished"],
+                s["failed"],
+                s["left_over"],
+            ]
+            for i, s in enumerate(slices, 1)
+        ),
+    )
+    failed = (
+        tables.markdown(
+            ["run", "error", "at (UTC)"],
+            (
+                [
+                    _run_name(f["config"]),
+                    f["message"].replace("\n", " "),
+                    f["failed_at"],
+                ]
+                for f in failures
+            ),
+        )
+        if failures
+        else "No run failed."
+    )
+    return (
+        "## How it was run\n\n"
+        f"{len(slices)} sitting(s), {hours:.2f} h of wall clock in all "
+        "(`keras-dreg study run` calls on this database; *left*: runs of "
+        "the grid not yet started when the call stopped).\n\n"
+        f"{table}\n\n### Failed runs\n\n"
+        "Runs whose last attempt raised; they have no row, and the next "
+        f"`keras-dreg study run` retries them.\n\n{failed}"
+    )
+
+
+def _hours(start: str, end: str) -> float:
+    elapsed = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+    return elapsed.total_seconds() / 3600
+
+
+def _run_name(config: dict) -> str:
+    return (
+        f"{config['activation']} {config['regularizer']} {config['dataset']} "
+        f"fraction {config['train_fraction']} seed {config['seed']}"
     )
 
 

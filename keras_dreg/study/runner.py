@@ -59,6 +59,7 @@ from keras_dreg.study.regimes import subsample
 from keras_dreg.study.settings import SETTINGS
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
+from keras_dreg.study.store import now
 
 
 def expand_grid(study: StudyConfig) -> list[RunConfig]:
@@ -286,8 +287,11 @@ def run_study(
     """Runs every run of `study` not yet in the database `db`.
 
     Each result is stored as soon as its run finishes. A failed run is
-    reported (and left out, so the next call retries it); the others go
-    on. Shows a progress bar with an ETA when `verbose`.
+    reported and its error stored (`ResultStore.failures`); it has no
+    row, so the next call retries it; the others go on. The call itself
+    is stored as a slice (`ResultStore.slices`: start, end, machine,
+    executor, commit, counts), also when it is interrupted. Shows a
+    progress bar with an ETA when `verbose`.
 
     Args:
         study: The grid and how to execute it.
@@ -327,14 +331,37 @@ def run_study(
         bar = keras.utils.Progbar(
             len(todo), verbose=int(verbose), unit_name="run"
         )
-        started = _until(todo, max_hours)
-        for config, outcome in executor.map_unordered(train_fn, started):
-            _record(store, progress, config, outcome, verbose, study.name)
-            bar.update(progress.finished + len(progress.failed))
-        progress.left = len(todo) - progress.finished - len(progress.failed)
+        started_at = now()
+        try:
+            started = _until(todo, max_hours)
+            for config, outcome in executor.map_unordered(train_fn, started):
+                _record(store, progress, config, outcome, verbose, study.name)
+                bar.update(progress.finished + len(progress.failed))
+        finally:
+            progress.left = len(todo) - progress.finished - len(progress.failed)
+            store.record_slice(
+                started_at=started_at,
+                ended_at=now(),
+                backend=study.backend,
+                executor=_describe(executor),
+                machine=provenance.machine(),
+                git_commit=provenance.git_commit(),
+                finished=progress.finished,
+                failed=len(progress.failed),
+                left_over=progress.left,
+            )
         if verbose and progress.left:
             print(f"\nStopped after {max_hours} h: {progress.left} runs left.")
     return progress
+
+
+def _describe(executor) -> str:
+    name = type(executor).__name__
+    if getattr(executor, "workers", None):
+        return f"{name} ({executor.workers} workers)"
+    if getattr(executor, "address", None):
+        return f"{name} at {executor.address}"
+    return name
 
 
 def _until(
@@ -360,6 +387,7 @@ def _record(
     if isinstance(outcome, BaseException):
         message = "".join(traceback.format_exception_only(outcome)).strip()
         progress.failed.append((config, message))
+        store.add_failure(config, message)
         if verbose:
             print(f"\nrun failed: {config}\n  {message}", file=sys.stderr)
     else:

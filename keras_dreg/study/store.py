@@ -6,7 +6,10 @@ each run finishes. A run that is killed leaves no row, a finished run
 is never lost, and running the same grid again skips the keys already
 present, so an interrupted study resumes with nothing lost or
 duplicated. The `studies` table remembers each grid that was started,
-so `keras-dreg study status` can count what is left.
+so `keras-dreg study status` can count what is left; `failures` keeps
+the error of each run that failed and has not succeeded since, and
+`slices` one row per `run_study` call (when, where, how many runs), so
+a report can say how a study made in several sittings was run.
 
 Example:
 
@@ -15,6 +18,7 @@ with ResultStore("results.sqlite") as store:
     store.add(result)            # True: inserted; False: already there
     done = store.finished_keys()
     rows = store.rows()          # dicts, one per run
+    failed = store.failures()    # runs whose last attempt raised
 ```
 """
 
@@ -67,7 +71,36 @@ CREATE TABLE IF NOT EXISTS studies (
     total INTEGER NOT NULL,
     started_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    message TEXT NOT NULL,
+    failed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS slices (
+    started_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    executor TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    git_commit TEXT,
+    finished INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    left_over INTEGER NOT NULL
+);
 """
+SLICE_FIELDS = (
+    "started_at",
+    "ended_at",
+    "backend",
+    "executor",
+    "machine",
+    "git_commit",
+    "finished",
+    "failed",
+    "left_over",
+)
+"""Columns of the `slices` table, one row per `runner.run_study` call."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,10 +199,10 @@ class ResultStore:
 
         `preset` names the grid the run was part of (`StudyConfig.name`).
         Returns `False`, and changes nothing, when a row with the same key
-        is already there.
+        is already there. A failure stored for the same key is removed.
         """
         row = result.as_row()
-        row["finished_at"] = _now()
+        row["finished_at"] = now()
         row["preset"] = preset
         names = [name for name, _ in _RUN_COLUMNS]
         sql = (
@@ -177,7 +210,46 @@ class ResultStore:
             f"VALUES ({', '.join(':' + n for n in names)})"
         )
         with self._conn:
+            self._conn.execute(
+                "DELETE FROM failures WHERE key = ?", (row["key"],)
+            )
             return self._conn.execute(sql, row).rowcount == 1
+
+    def add_failure(self, config: RunConfig, message: str) -> None:
+        """Remember that `config` raised `message` (its latest attempt)."""
+        text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                (config.key, text, message, now()),
+            )
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The runs that failed and have not finished since, oldest first:
+        dicts with `config` (the run's fields), `message`, `failed_at`."""
+        cursor = self._conn.execute(
+            "SELECT config, message, failed_at FROM failures ORDER BY rowid"
+        )
+        return [
+            {"config": json.loads(c), "message": m, "failed_at": t}
+            for c, m, t in cursor
+        ]
+
+    def record_slice(self, **fields: Any) -> None:
+        """Store one `run_study` call; `fields` are `SLICE_FIELDS`."""
+        if set(fields) != set(SLICE_FIELDS):
+            raise ValueError(f"A slice has the fields {SLICE_FIELDS}.")
+        names = ", ".join(SLICE_FIELDS)
+        values = ", ".join(":" + name for name in SLICE_FIELDS)
+        with self._conn:
+            self._conn.execute(
+                f"INSERT INTO slices ({names}) VALUES ({values})", fields
+            )
+
+    def slices(self) -> list[dict[str, Any]]:
+        """The stored `run_study` calls, oldest first."""
+        cursor = self._conn.execute("SELECT * FROM slices ORDER BY rowid")
+        return [dict(r) for r in cursor]
 
     def finished_keys(self) -> set[str]:
         """The keys of every stored run."""
@@ -206,7 +278,7 @@ class ResultStore:
         with self._conn:
             self._conn.execute(
                 "INSERT OR IGNORE INTO studies VALUES (?, ?, ?, ?, ?)",
-                (_hash(text), config["backend"], text, total, _now()),
+                (_hash(text), config["backend"], text, total, now()),
             )
 
     def studies(self) -> list[dict[str, Any]]:
@@ -227,7 +299,8 @@ class ResultStore:
         return dict(cursor.fetchall())
 
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time as the store writes it (ISO 8601, seconds)."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"
     )
