@@ -523,20 +523,28 @@ def mean_squared_slope(z, slope, curvature, axes):
     >>> keras.ops.convert_to_numpy(mean).tolist()
     [[0.25, 0.25, 0.25]]
     """
-    count = 1
-    for axis in axes:
-        count = count * ops.shape(z)[axis]
-    if not isinstance(count, int):  # a dynamic size, in a traced step
-        count = ops.cast(count, "float32")
     curvature = _evaluate(curvature, z)
 
     def with_gradient(z, slope, curvature):
         def grad(upstream):
+            # The count is read here, from the backward pass's own inputs:
+            # a dynamic size captured from the forward pass is a node of
+            # another graph to `torch.compile` (it fails on recompiling).
+            count = _count(slope, axes)
             return upstream * (2.0 / count) * slope * curvature, None, None
 
         return ops.mean(ops.square(slope), axis=axes, keepdims=True), grad
 
     return custom_gradient(with_gradient)(z, slope, curvature)
+
+
+def _count(x, axes):
+    """The number of values of `x` averaged per unit over `axes`: a
+    Python int for a static shape, a float32 tensor for a dynamic one."""
+    count = 1
+    for axis in axes:
+        count = count * ops.shape(x)[axis]
+    return count if isinstance(count, int) else ops.cast(count, "float32")
 
 
 def _evaluate(curvature, z):

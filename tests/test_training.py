@@ -263,6 +263,23 @@ def test_torch_compile_traces_the_penalty(monkeypatch):
     assert traced[0] and not traced[-1]
 
 
+@pytest.mark.parametrize("options", [{}, {"sample_size": 4}])
+def test_compiled_fit_with_a_smaller_last_batch_trains_as_eager(options):
+    """A last batch of another size traces the compiled step again (on
+    PyTorch, TorchDynamo then makes the batch size dynamic); the
+    compiled fit still trains as the eager one, every backend."""
+    weights = []
+    for jit_compile in (True, False):
+        model = _compile(_functional(lam=0.5, **options), jit_compile, lr=0.5)
+        history = model.fit(
+            X[:40], Y[:40], batch_size=16, epochs=2, shuffle=False, verbose=0
+        )
+        assert np.all(np.array(history.history["dreg_penalty"]) > 0)
+        weights.append(model.get_weights())
+    for compiled, eager in zip(*weights):
+        np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
 def _assert_train_alike(first, second, x, y, rtol=1e-4):
     """Two `(model, jit_compile)` give the same logs and weights after two
     SGD steps on `(x, y)`."""
