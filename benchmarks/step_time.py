@@ -22,6 +22,9 @@ option changed (`VARIANTS`): `stop_gradient_derivative=True`,
 (`keras_dreg.backend.fast_paths(False)`: the `keras.ops` reference; on
 JAX and TensorFlow, which have none, the same as `dreg`).
 
+`--json PATH` also writes the medians; `benchmarks/columns.py` uses it
+to put the five configurations users run side by side.
+
 `--clock cpu` measures the process's CPU time instead of wall time:
 on a shared, busy machine, with one thread per backend
 (`THREADS=1 benchmarks/run_all.sh --clock cpu`), it counts the work of
@@ -31,6 +34,7 @@ the step and not the waits for a core.
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -172,6 +176,10 @@ def main(argv=None):
         choices=sorted(VARIANTS),
         help="DREG rows with one option changed (see VARIANTS)",
     )
+    parser.add_argument(
+        "--json",
+        help="also write the medians (seconds) and the settings to this file",
+    )
     args = parser.parse_args(argv)
     names = ["none"] + [n for n in args.regularizers if n != "none"]
     names += args.variants
@@ -196,14 +204,18 @@ def main(argv=None):
         results[model_name] = time_steps(
             models, x, y, args.steps, args.warmup, CLOCKS[args.clock]
         )
-    print(
+    settings = (
         f"backend={keras.backend.backend()} "
         f"jit_compile={models['none'].jit_compile} clock={args.clock} "
         f"batch={args.batch_size} steps={args.steps} warmup={args.warmup} "
         f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
         f"machine={platform.machine()} date={datetime.date.today()}"
     )
+    print(settings)
     print(table(results))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"settings": settings, "medians": results}, file)
 
 
 if __name__ == "__main__":

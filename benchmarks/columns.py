@@ -1,0 +1,97 @@
+"""DREG's cost in the five configurations users run, side by side.
+
+Runs `step_time.py` once per configuration, each in its own process
+(Keras fixes the backend at its first import), and prints one table of
+ratios to the plain step ("none") of the same run:
+
+| column        | backend    | `jit_compile`                           |
+|---------------|------------|-----------------------------------------|
+| JAX (XLA)     | jax        | Keras's default (XLA)                   |
+| TF eager      | tensorflow | `False` (Keras's default on a CPU)      |
+| TF + XLA      | tensorflow | `True` (Keras's default on a GPU)       |
+| torch eager   | torch      | `False` (Keras's default)               |
+| torch.compile | torch      | `True`                                  |
+
+Every other argument is passed on to `step_time.py`, e.g.
+
+    PYTHONPATH=. python benchmarks/columns.py --variants dreg_stop_gradient \\
+        dreg_every_4 dreg_sample_quarter --steps 30
+
+A configuration that fails (e.g. `torch.compile` without a C++
+compiler) is reported and left blank; the others still print.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+COLUMNS = {
+    "JAX (XLA)": ("jax", "auto"),
+    "TF eager": ("tensorflow", "false"),
+    "TF + XLA": ("tensorflow", "true"),
+    "torch eager": ("torch", "false"),
+    "torch.compile": ("torch", "true"),
+}
+STEP_TIME = Path(__file__).with_name("step_time.py")
+
+
+def measure(backend: str, jit_compile: str, args: list[str]) -> dict | None:
+    """`step_time.py`'s medians for one configuration, or `None`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "medians.json"
+        command = [sys.executable, str(STEP_TIME), "--jit-compile"]
+        command += [jit_compile, "--json", str(out), *args]
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(
+                f"{backend} jit_compile={jit_compile} failed:", file=sys.stderr
+            )
+            print(done.stderr[-2000:], file=sys.stderr)
+            return None
+        return json.loads(out.read_text())
+
+
+def table(measured: dict) -> str:
+    """Rows (model, regularizer), a column of ratios per configuration,
+    and the plain step's ms per column first."""
+    found = {c: m["medians"] for c, m in measured.items() if m}
+    first = next(iter(found.values()))
+    lines = [
+        "| model | row | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---:|" * len(COLUMNS),
+    ]
+    for model, medians in first.items():
+        for row in medians:
+            cells = []
+            for column in COLUMNS:
+                times = found.get(column, {}).get(model)
+                if not times:
+                    cells.append("")
+                elif row == "none":
+                    cells.append(f"{1e3 * times['none']:.1f} ms")
+                else:
+                    cells.append(f"{times[row] / times['none']:.2f}")
+            lines.append(f"| {model} | {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    measured = {
+        column: measure(backend, jit_compile, argv)
+        for column, (backend, jit_compile) in COLUMNS.items()
+    }
+    for column, result in measured.items():
+        if result:
+            print(f"{column}: {result['settings']}")
+    if not any(measured.values()):
+        return 1
+    print(table(measured))
+    return 0 if all(measured.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
