@@ -3,14 +3,14 @@
 # regenerate its report.
 #
 # Usage: bash scripts/paper_study.sh [keras-dreg study run args...]
-#   bash scripts/paper_study.sh --max-hours 2     # one sitting of 2 hours
+#   bash scripts/paper_study.sh --max-hours 2     # one slice of 2 hours
 #
 # The runs are trained by the code of PAPER_COMMIT, checked out in a git
 # worktree beside this checkout: a run's key includes a hash of the
 # training code (keras_dreg.study.provenance), so resuming at another
 # commit would run the whole grid again, and one study must be one code.
 # The report is written by this checkout's analysis code (which is left
-# out of that hash). On JAX, two workers, as the published sittings.
+# out of that hash). On JAX, two workers, as the published slices.
 set -euo pipefail
 
 PAPER_COMMIT=d3d27b510a4c94292726d61456f414aeda672bcd

@@ -261,7 +261,7 @@ def test_report_says_how_it_was_run_and_lists_failed_runs(tmp_path, capsys):
     db = tmp_path / "results.sqlite"
     results = synthetic_results(PAPER_LIKE)
     database(db, results)
-    sitting = dict(
+    common = dict(
         backend="jax",
         executor="LocalExecutor (2 workers)",
         machine="Linux x86_64, 2 CPUs (Some CPU), Python 3.11.7",
@@ -274,14 +274,14 @@ def test_report_says_how_it_was_run_and_lists_failed_runs(tmp_path, capsys):
             ended_at="2026-12-01T11:30:00+00:00",
             finished=100,
             left_over=20,
-            **sitting,
+            **common,
         )
         store.record_slice(
             started_at="2026-12-02T08:00:00+00:00",
             ended_at="2026-12-02T08:15:00+00:00",
             finished=19,
             left_over=0,
-            **sitting,
+            **common,
         )
         failed = dataclasses.replace(results[0].config, seed=99)
         store.add_failure(failed, "FloatingPointError: loss is NaN")
@@ -291,7 +291,7 @@ def test_report_says_how_it_was_run_and_lists_failed_runs(tmp_path, capsys):
     )
     text = (out / "report.md").read_text()
     assert "## How it was run" in text
-    assert "2 sitting(s), 1.75 h of wall clock in all" in text
+    assert "2 slice(s), 1.75 h of wall clock in all" in text
     assert (
         "| 1 | 2026-12-01T10:00:00+00:00 | 1.50 | Linux x86_64, 2 CPUs "
         "(Some CPU), Python 3.11.7 | jax | LocalExecutor (2 workers) | "
@@ -307,7 +307,7 @@ def test_report_says_how_it_was_run_and_lists_failed_runs(tmp_path, capsys):
     assert "1 runs failed" in capsys.readouterr().out
 
 
-def test_report_of_a_store_without_sittings_has_no_such_section(tmp_path):
+def test_report_of_a_store_without_slices_has_no_such_section(tmp_path):
     db = tmp_path / "results.sqlite"
     rows = database(db, synthetic_results(PAPER_LIKE))
     text = report.write_report(rows, tmp_path / "report").read_text()

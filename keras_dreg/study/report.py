@@ -311,7 +311,7 @@ def how_it_was_run(slices: Sequence[dict], failures: Sequence[dict]) -> str:
     )
     return (
         "## How it was run\n\n"
-        f"{len(slices)} sitting(s), {hours:.2f} h of wall clock in all "
+        f"{len(slices)} slice(s), {hours:.2f} h of wall clock in all "
         "(`keras-dreg study run` calls on this database; *left*: runs of "
         "the grid not yet started when the call stopped).\n\n"
         f"{table}\n\n### Failed runs\n\n"

@@ -9,7 +9,7 @@ duplicated. The `studies` table remembers each grid that was started,
 so `keras-dreg study status` can count what is left; `failures` keeps
 the error of each run that failed and has not succeeded since, and
 `slices` one row per `run_study` call (when, where, how many runs), so
-a report can say how a study made in several sittings was run.
+a report can say how a study made in several slices was run.
 
 Example:
 
