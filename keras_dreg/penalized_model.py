@@ -165,9 +165,35 @@ class PenalizedModel(keras.Model):
     def train_step(self, *args, **kwargs):
         self._step_state.active = True
         try:
-            return super().train_step(*args, **kwargs)
+            # Recording starts here, around Keras's step, so the forward
+            # pass inside it finds the hooks in place: under
+            # `torch.compile` entering them (a lock) breaks the graph, and
+            # here that break leaves Keras's step, forward pass and
+            # penalties included, to be compiled whole. (A model that is
+            # not built yet starts recording in its first forward pass.)
+            built = self.built or _inner_built(self)
+            with self._recording() if built else contextlib.nullcontext():
+                return super().train_step(*args, **kwargs)
         finally:
             self._step_state.active = False
+
+    @contextlib.contextmanager
+    def _recording(self):
+        """The forward penalties' `recording` contexts, entered once: a
+        nested training call finds them entered."""
+        if getattr(self._step_state, "recording", False):
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            for penalty in self._penalties:
+                if penalty.in_forward:
+                    state = self.penalty_state(penalty)
+                    stack.enter_context(penalty.recording(state))
+            self._step_state.recording = True
+            try:
+                yield
+            finally:
+                self._step_state.recording = False
 
     def _adds_penalties(self, kwargs) -> bool:
         """Whether this `call` is a training pass that adds penalties."""
@@ -185,10 +211,7 @@ class PenalizedModel(keras.Model):
         forward = [p for p in self._penalties if p.in_forward]
         self._step_state.in_forward = True
         try:
-            with contextlib.ExitStack() as stack:
-                for penalty in forward:
-                    state = self.penalty_state(penalty)
-                    stack.enter_context(penalty.recording(state))
+            with self._recording():
                 outputs = call(self, *args, **kwargs)
                 step = self._advance_step()
                 batch = Batch(args[0] if args else None, None, outputs)

@@ -280,6 +280,33 @@ def test_compiled_fit_with_a_smaller_last_batch_trains_as_eager(options):
         np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.compile's graphs"
+)
+def test_torch_compile_splits_the_step_no_more_than_for_a_plain_model():
+    """The penalty adds no graph to the compiled step: TorchDynamo breaks
+    the graph where the recording starts, around Keras's step (a lock),
+    and in Keras's own places, as for the plain model; not inside the
+    forward pass, which would run the model and the penalty eagerly."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    x, y = keras.ops.convert_to_tensor(X), keras.ops.convert_to_tensor(Y)
+    graphs = {}
+    for lam in (None, 0.5):
+        keras.backend.clear_session()
+        torch._dynamo.reset()
+        counters.clear()
+        model = _functional(lam=lam or 0.0)
+        if lam is None:
+            model = keras.Model(model.inputs, model.outputs)
+        _compile(model, jit_compile=True)
+        model.train_on_batch(x, y)
+        model.train_on_batch(x, y)
+        graphs[lam] = counters["stats"]["unique_graphs"]
+    assert graphs[0.5] == graphs[None]
+
+
 def _assert_train_alike(first, second, x, y, rtol=1e-4):
     """Two `(model, jit_compile)` give the same logs and weights after two
     SGD steps on `(x, y)`."""

@@ -119,15 +119,29 @@ def fast_paths(enabled: bool):
         _SWITCH.enabled = previous
 
 
-def _module():
+def _load_backend_module() -> dict:
+    """`{backend: its module}` for Keras's backend, imported with the
+    package (Keras fixes its backend at its own import), so that
+    `_module()` is a lookup: an import inside a step that
+    `torch.compile` traces would break its graph."""
     name = keras.backend.backend()
     if name not in SUPPORTED:
+        return {}
+    return {name: importlib.import_module(f"keras_dreg.backend.{name}")}
+
+
+_MODULES = _load_backend_module()
+
+
+def _module():
+    name = keras.backend.backend()
+    if name not in _MODULES:
         raise NotImplementedError(
             f"Double backpropagation needs an autodiff backend; the "
             f"'{name}' backend has none. Use one of {SUPPORTED} "
             "(KERAS_BACKEND)."
         )
-    return importlib.import_module(f"keras_dreg.backend.{name}")
+    return _MODULES[name]
 
 
 def custom_gradient(forward: Callable) -> Callable:
