@@ -29,7 +29,7 @@ if [[ "$(git -C "$code" rev-parse HEAD)" != "$PAPER_COMMIT" ]]; then
     echo "$code is not at $PAPER_COMMIT; remove it or set KERAS_DREG_PAPER_CODE." >&2
     exit 2
 fi
-out="$repo/docs/study/paper"
+out="${KERAS_DREG_PAPER_OUT:-$repo/docs/study/paper}"
 mkdir -p "$out"
 (
     cd "$code"
