@@ -19,6 +19,7 @@ smallest detectable effect.
 """
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,13 +241,20 @@ def _status(args: argparse.Namespace) -> int:
                 "modules are importable)"
             )
             continue
-        keys = {run.key for run in expand_grid(config)}
-        finished = len(keys & done)
+        grid = expand_grid(config)
+        finished = len({run.key for run in grid} & done)
         print(
             f"  grid started {study['started_at']} on {config.backend}: "
-            f"{finished}/{len(keys)} done ({100 * finished / len(keys):.0f}%) "
+            f"{finished}/{len(grid)} done ({100 * finished / len(grid):.0f}%) "
             "with this code (a changed code or setting runs again)"
         )
+        for code, commits in _other_codes(rows, grid[0].code).items():
+            stored = {dataclasses.replace(run, code=code).key for run in grid}
+            print(
+                f"    {len(stored & done)}/{len(grid)} done by other code "
+                f"({code}; commit {commits}): go on at that commit to "
+                "continue them"
+            )
     if not rows:
         return 0
     print("\n".join(provenance_lines(rows)))
@@ -259,6 +267,15 @@ def _status(args: argparse.Namespace) -> int:
         if finding.verdict == "INCONCLUSIVE":
             print(f"  {'':<15} {power_statement(finding.tests)}")
     return 0
+
+
+def _other_codes(rows, code: str) -> dict[str, str]:
+    """`{code identity: its commits}` of stored rows made by other code."""
+    commits = {}
+    for row in rows:
+        if row.get("code") not in (None, code):
+            commits.setdefault(row["code"], set()).add(str(row["git_commit"]))
+    return {c: ", ".join(sorted(found)) for c, found in commits.items()}
 
 
 if __name__ == "__main__":

@@ -322,6 +322,26 @@ def test_cli_run_resume_and_status(cli_study):
     assert BACKEND in rows["dreg"]["versions"]
 
 
+def test_status_counts_the_runs_of_other_code(tmp_path, capsys):
+    """A study made at another commit (another code identity) is counted
+    as such, with the commit to continue it at."""
+    db = tmp_path / "r.sqlite"
+    study = fake_study()
+    with ResultStore(db) as store:
+        store.record_study(study.to_dict(), study.num_runs)
+        for run in runner.expand_grid(study)[:5]:
+            old = dataclasses.replace(run, code="keras_dreg 0.0.9 src old")
+            result = dataclasses.replace(fake_train(old), git_commit="abc")
+            store.add(result)
+    assert cli.main(["study", "status", "--db", str(db)]) == 0
+    printed = capsys.readouterr().out
+    assert "0/24 done (0%) with this code" in printed
+    assert (
+        "5/24 done by other code (keras_dreg 0.0.9 src old; commit abc)"
+        in printed
+    )
+
+
 def test_cli_needs_an_existing_database(tmp_path, capsys):
     db = str(tmp_path / "missing.sqlite")
     assert cli.main(["study", "status", "--db", db]) == 2
