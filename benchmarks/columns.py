@@ -18,7 +18,10 @@ Every other argument is passed on to `step_time.py`, e.g.
         dreg_every_4 dreg_sample_quarter --steps 30
 
 A configuration that fails (e.g. `torch.compile` without a C++
-compiler) is reported and left blank; the others still print.
+compiler) is reported and left blank; the others still print. A row
+that one configuration cannot train (the input-gradient and Jacobian
+penalties under `torch.compile`, which cannot differentiate twice) is
+left blank there, and named with the error under the settings.
 """
 
 import json
@@ -69,7 +72,7 @@ def table(measured: dict) -> str:
             cells = []
             for column in COLUMNS:
                 times = found.get(column, {}).get(model)
-                if not times:
+                if not times or row not in times:
                     cells.append("")
                 elif row == "none":
                     cells.append(f"{1e3 * times['none']:.1f} ms")
@@ -87,6 +90,8 @@ def main(argv: list[str]) -> int:
     for column, result in measured.items():
         if result:
             print(f"{column}: {result['settings']}")
+            for row, error in result.get("skipped", {}).items():
+                print(f"  skipped {row}: {error}")
     if not any(measured.values()):
         return 1
     print(table(measured))

@@ -22,6 +22,10 @@ option changed (`VARIANTS`): `stop_gradient_derivative=True`,
 (`keras_dreg.backend.fast_paths(False)`: the `keras.ops` reference; on
 JAX and TensorFlow, which have none, the same as `dreg`).
 
+A row whose first step raises `ValueError` (the input-gradient and
+Jacobian penalties under `torch.compile`) is left out and named with
+the error under the table.
+
 `--json PATH` also writes the medians; `benchmarks/columns.py` uses it
 to put the five configurations users run side by side.
 
@@ -120,6 +124,21 @@ def regularized_models(
     return models
 
 
+def drop_unsupported(models: dict, x, y) -> dict:
+    """`{name: error}` of the rows that cannot train in this
+    configuration (e.g. double backpropagation under `torch.compile`),
+    each removed from `models` after one step that raised `ValueError`;
+    the other rows take that first step as warm-up."""
+    skipped = {}
+    for name, model in list(models.items()):
+        try:
+            model.train_on_batch(x, y)
+        except ValueError as error:
+            skipped[name] = str(error).split(";")[0]
+            del models[name]
+    return skipped
+
+
 def time_steps(
     models: dict, x, y, steps: int, warmup: int, clock=time.perf_counter
 ) -> dict:
@@ -184,7 +203,7 @@ def main(argv=None):
     names = ["none"] + [n for n in args.regularizers if n != "none"]
     names += args.variants
     rng = np.random.default_rng(0)
-    results = {}
+    results, skipped = {}, {}
     for model_name in args.models:
         models = regularized_models(
             MODELS[model_name],
@@ -201,6 +220,8 @@ def main(argv=None):
         y = keras.ops.convert_to_tensor(
             rng.integers(0, CLASSES, size=(args.batch_size,))
         )
+        for name, error in drop_unsupported(models, x, y).items():
+            skipped[f"{model_name} {name}"] = error
         results[model_name] = time_steps(
             models, x, y, args.steps, args.warmup, CLOCKS[args.clock]
         )
@@ -213,9 +234,14 @@ def main(argv=None):
     )
     print(settings)
     print(table(results))
+    for row, error in skipped.items():
+        print(f"skipped {row}: {error}")
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"settings": settings, "medians": results}, file)
+            json.dump(
+                {"settings": settings, "medians": results, "skipped": skipped},
+                file,
+            )
 
 
 if __name__ == "__main__":
