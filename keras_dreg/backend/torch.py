@@ -73,12 +73,13 @@ def gelu_value_and_derivatives(z):
         gelu(z) = z Phi(z),  gelu' = Phi(z) + z N(z)
 
     `Phi` and `N` the standard normal CDF and density. `gelu` and
-    `gelu'` are torch's fused kernels (`gelu`, `gelu_backward` with a
-    unit upstream, one pass each), against some 13 passes of the
-    `keras.ops` form (`derivatives._gelu_joint`). A `ones_like(z)`
-    upstream keeps `z`'s memory layout (Keras's convolutions return
-    permuted views), where an expanded scalar would make
-    `gelu_backward` take its slow strided loop.
+    `gelu'` are torch's fused kernels (`gelu`, and `gelu_backward` with
+    a unit upstream, written over that upstream): one pass and one new
+    tensor each, against some 13 passes of the `keras.ops` form
+    (`derivatives._gelu_joint`). A `ones_like(z)` upstream keeps `z`'s
+    memory layout (a convolution's output may be a permuted view),
+    where an expanded scalar would make `gelu_backward` take its slow
+    strided loop.
 
     Example:
 
@@ -89,7 +90,8 @@ def gelu_value_and_derivatives(z):
     ([0.5, 0.5], True)
     """
     value = torch.nn.functional.gelu(z)
-    slope = torch.ops.aten.gelu_backward(torch.ones_like(z), z)
+    slope = torch.ones_like(z)
+    torch.ops.aten.gelu_backward.grad_input(slope, z, grad_input=slope)
     return value, slope, gelu_curvature
 
 
