@@ -650,17 +650,40 @@ class ActivationCapture:
 
 
 def _evaluate_with_derivatives(record, z, value_and_derivatives):
-    """`phi(z)`, recording `(phi'(z), phi''(z))` in `record`; its gradient
-    is `upstream * phi'(z)`. A backend's fused equivalent of
-    `value_and_derivatives` (`keras_dreg.backend.fast_path`) is used
-    where it has one."""
-    value_and_derivatives = (
-        fast_path(value_and_derivatives) or value_and_derivatives
+    """`phi(z)`, recording `(phi'(z), phi''(z))` in `record` (see
+    `activation_with_derivatives`, or the backend's fused equivalent,
+    `keras_dreg.backend.fast_path`, where it has one)."""
+    evaluate = (
+        fast_path(activation_with_derivatives) or activation_with_derivatives
     )
-    value, slope, curvature = value_and_derivatives(
+    outputs, slope, curvature = evaluate(z, value_and_derivatives)
+    record.derivatives = (slope, curvature)
+    return outputs
+
+
+def activation_with_derivatives(z, value_and_derivatives):
+    """`(phi(z), phi'(z), phi''(z))` from one joint evaluation.
+
+    `phi(z)` is in `z`'s dtype, with the gradient `upstream * phi'(z)`
+    (from the `phi'(z)` computed here: `phi` is not differentiated
+    again); `phi'(z)` and `phi''(z)` are float32 and without gradient
+    history (`phi''` may be deferred: the function, see
+    `keras_dreg.backend.fast_path`). A backend's fused equivalent of
+    `value_and_derivatives` is used where it has one.
+
+    Example:
+
+    >>> joint = derivatives.describe_activation("tanh").value_and_derivatives
+    >>> value, slope, curvature = activation_with_derivatives(
+    ...     keras.ops.zeros((2,)), joint
+    ... )
+    >>> keras.ops.convert_to_numpy(slope).tolist()
+    [1.0, 1.0]
+    """
+    joint = fast_path(value_and_derivatives) or value_and_derivatives
+    value, slope, curvature = joint(
         keras.ops.stop_gradient(keras.ops.cast(z, "float32"))
     )
-    record.derivatives = (slope, curvature)
 
     def activation(z, value, slope):
         def grad(upstream):
@@ -669,7 +692,7 @@ def _evaluate_with_derivatives(record, z, value_and_derivatives):
 
         return keras.ops.cast(value, z.dtype), grad
 
-    return custom_gradient(activation)(z, value, slope)
+    return custom_gradient(activation)(z, value, slope), slope, curvature
 
 
 def _needs_layer_input(layer) -> bool:

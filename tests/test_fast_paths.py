@@ -46,6 +46,7 @@ def test_fast_paths_are_found_and_can_be_turned_off():
     for joint in FAST_JOINTS:
         assert backend.fast_path(joint) is not None
     assert backend.fast_path(penalty.mean_squared_slope) is not None
+    assert backend.fast_path(capture.activation_with_derivatives) is not None
     with backend.fast_paths(False):
         assert backend.fast_path(penalty.mean_squared_slope) is None
     gelu_tanh = derivatives.describe_activation(
@@ -98,9 +99,56 @@ def test_mean_squared_slope_agrees(joint, permuted, axes):
             )
 
 
+@pytest.mark.parametrize("joint", FAST_JOINTS)
+@pytest.mark.parametrize("permuted", [True, False])
+@pytest.mark.parametrize("axes", [(0, 1, 2), (0,)])
+@pytest.mark.parametrize("differentiated", ["both", "activation", "penalty"])
+def test_activation_and_penalty_gradients_agree(
+    joint, permuted, axes, differentiated
+):
+    """The fused activation (`capture.activation_with_derivatives`'s
+    fast form), whose backward pass also carries the penalty's gradient
+    into `z`, against the reference: values, and the gradient into `z`
+    of `<u, phi(z)> + <v, mean(phi'(z)^2)>`, of either part alone, or
+    both."""
+    import torch
+
+    z = pre_activations(permuted)
+    rng = np.random.default_rng(2)
+    u = torch.tensor(rng.normal(size=z.shape), dtype=torch.float32)
+    v = torch.rand((1,) * len(axes) + tuple(z.shape[len(axes) :]))
+
+    def value_and_gradient():
+        leaf = z.clone().requires_grad_(True)
+        evaluate = backend.fast_path(capture.activation_with_derivatives) or (
+            capture.activation_with_derivatives
+        )
+        output, slope, curvature = evaluate(leaf, joint)
+        mean = backend.fast_path(penalty.mean_squared_slope) or (
+            penalty.mean_squared_slope
+        )
+        term = torch.sum(mean(leaf, slope, curvature, axes) * v)
+        loss = {
+            "both": torch.sum(output * u) + term,
+            "activation": torch.sum(output * u),
+            "penalty": term,
+        }[differentiated]
+        (grad,) = torch.autograd.grad(loss, [leaf])
+        return output, term, grad
+
+    fast = value_and_gradient()
+    with backend.fast_paths(False):
+        reference = value_and_gradient()
+    for got, want in zip(fast, reference):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), **TOLERANCE)
+
+
 def conv_gelu():
     inputs = keras.Input((9, 9, 3))
     x = keras.layers.Conv2D(6, 3, activation="gelu", name="conv")(inputs)
+    x = keras.layers.Conv2D(
+        4, 3, padding="same", activation="gelu", name="same"
+    )(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(5, activation="gelu", name="dense")(x)
     return keras.Model(inputs, x)

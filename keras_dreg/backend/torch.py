@@ -11,6 +11,8 @@ GPU) have no second derivative, so `MultiHeadAttention` could not be
 differentiated twice.
 """
 
+import math
+
 import torch
 from torch.nn.attention import SDPBackend
 from torch.nn.attention import sdpa_kernel
@@ -55,13 +57,87 @@ def fast_path(reference):
     `torch.compile` is tracing: Inductor fuses the `keras.ops` form)."""
     if torch.compiler.is_compiling():
         return None
+    from keras_dreg import capture
     from keras_dreg import derivatives
     from keras_dreg import penalty
 
     return {
         derivatives._gelu_joint: gelu_value_and_derivatives,
+        capture.activation_with_derivatives: activation_with_derivatives,
         penalty.mean_squared_slope: mean_squared_slope,
     }.get(reference)
+
+
+def activation_with_derivatives(z, value_and_derivatives):
+    """`keras_dreg.capture.activation_with_derivatives` for the exact
+    GELU on a float32 `z`: one `torch.autograd.Function`
+    (`_GeluWithDerivatives`) whose backward pass also takes the
+    penalty's gradient into `z`; other activations and dtypes: the
+    reference.
+
+    The returned `gelu''` is deferred (`_GeluCurvature`) and carries a
+    `token` output of that function: `mean_squared_slope` sends its
+    gradient (per unit, `upstream * 2 / count`, broadcast without a
+    copy) to the token instead of into `z`, and the activation's
+    backward forms the whole gradient into `z`,
+    `phi'(z) * (upstream + token_grad * phi''(z))`, in one new tensor.
+    Separately, the penalty's `phi'(z) phi''(z)` term and the
+    activation's `upstream * phi'(z)` are two new tensors that autograd
+    then adds up.
+
+    Example:
+
+    >>> from keras_dreg import derivatives
+    >>> z = torch.zeros(2, requires_grad=True)
+    >>> value, slope, curvature = activation_with_derivatives(
+    ...     z, derivatives.describe_activation("gelu").value_and_derivatives
+    ... )
+    >>> slope.tolist(), curvature.pre_activation is z
+    ([0.5, 0.5], True)
+    """
+    from keras_dreg import capture
+    from keras_dreg import derivatives
+
+    if (
+        value_and_derivatives is not derivatives._gelu_joint
+        or z.dtype != torch.float32
+    ):
+        return capture.activation_with_derivatives(z, value_and_derivatives)
+    value, slope, token = _GeluWithDerivatives.apply(z)
+    return value, slope, _GeluCurvature(z, token)
+
+
+class _GeluWithDerivatives(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z):
+        value, slope, _ = gelu_value_and_derivatives(z)
+        ctx.save_for_backward(z, slope)
+        ctx.mark_non_differentiable(slope)
+        ctx.set_materialize_grads(False)
+        return value, slope, z.new_zeros(()).expand(z.shape)
+
+    @staticmethod
+    def backward(ctx, upstream, _, token_grad):
+        z, slope = ctx.saved_tensors
+        if token_grad is None:
+            return None if upstream is None else upstream * slope
+        grad = gelu_curvature(z).mul_(token_grad)
+        if upstream is not None:
+            grad.add_(upstream)
+        return grad.mul_(slope)
+
+
+class _GeluCurvature:
+    """The function `gelu''`, deferred, and the `token` through which
+    `mean_squared_slope` sends its gradient for `pre_activation` (the
+    `z` it was evaluated on) into the activation's backward pass."""
+
+    def __init__(self, pre_activation, token):
+        self.pre_activation = pre_activation
+        self.token = token
+
+    def __call__(self, z):
+        return gelu_curvature(z)
 
 
 def gelu_value_and_derivatives(z):
@@ -131,6 +207,10 @@ def mean_squared_slope(z, slope, curvature, axes):
     >>> mean.tolist()
     [[0.25, 0.25, 0.25]]
     """
+    if getattr(curvature, "pre_activation", None) is z:
+        return _MeanSquaredSlopeByToken.apply(
+            curvature.token, slope, tuple(axes)
+        )
     return _MeanSquaredSlope.apply(z, slope, curvature, tuple(axes))
 
 
@@ -158,3 +238,20 @@ class _MeanSquaredSlope(torch.autograd.Function):
             grad = ctx.curvature(saved).mul_(slope)
         grad.mul_(upstream * (2.0 / ctx.count))
         return grad, None, None, None
+
+
+class _MeanSquaredSlopeByToken(torch.autograd.Function):
+    """`mean(phi'(z)^2)` whose gradient, `upstream * 2 / count` per unit,
+    goes to the activation's token (`_GeluWithDerivatives`), which
+    multiplies it by `phi'(z) phi''(z)`."""
+
+    @staticmethod
+    def forward(ctx, token, slope, axes):
+        count = math.prod(slope.shape[axis] for axis in axes)
+        ctx.count = count
+        ctx.shape = token.shape
+        return torch.sum(slope * slope, dim=axes, keepdim=True).div_(count)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        return (upstream * (2.0 / ctx.count)).expand(ctx.shape), None, None
