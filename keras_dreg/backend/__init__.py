@@ -11,7 +11,8 @@ backpropagation). Each backend does that its own way:
 
 `vjp` picks the one of `keras.backend.backend()`; everything else in
 keras-dreg is `keras.ops`, except the faster equivalents of a few
-`keras.ops` functions that a backend may offer (`fast_path`).
+`keras.ops` functions that a backend may offer (`fast_path`, in the
+same backend module).
 `gpu_available` tells whether the backend sees a GPU, where Keras may
 run RNNs with fused cuDNN kernels, which have no second derivative.
 """
@@ -83,8 +84,12 @@ def fast_path(reference: Callable) -> Callable | None:
     (and its fast form, in the backward pass) then evaluates at `z`.
     Today: eager PyTorch (not under `torch.compile`, whose compiler
     fuses the `keras.ops` form itself) has fused forms of the exact
-    GELU's joint evaluation and of the penalty's per-unit
-    `mean(phi'(z)^2)` (see `keras_dreg.backend.torch`).
+    GELU's joint evaluation, of the activation that records it (whose
+    backward pass also carries the penalty's gradient into `z`) and of
+    the penalty's per-unit `mean(phi'(z)^2)` (see
+    `keras_dreg.backend.torch`); TensorFlow compiles keras-dreg's own
+    joint evaluations with XLA (`keras_dreg.backend.tensorflow`); JAX
+    has none (XLA compiles the whole step).
 
     Example:
 
@@ -95,9 +100,8 @@ def fast_path(reference: Callable) -> Callable | None:
     """
     if not getattr(_SWITCH, "enabled", True):
         return None
-    if keras.backend.backend() != "torch":
-        return None
-    return _module().fast_path(reference)
+    find = getattr(_MODULES.get(keras.backend.backend()), "fast_path", None)
+    return None if find is None else find(reference)
 
 
 @contextlib.contextmanager
