@@ -29,6 +29,7 @@ from keras_dreg.study.config import RunConfig
 from keras_dreg.study.config import StudyConfig
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
+from tests.conftest import TINY_GRID_ARGS
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(
@@ -174,16 +175,7 @@ def test_study_on_a_two_node_ray_cluster(tmp_path, monkeypatch):
             address,
             "--backend",
             "jax",
-            "--activations",
-            "gelu",
-            "--regularizers",
-            "none,dreg",
-            "--datasets",
-            "breast_cancer",
-            "--train-fractions",
-            "0.25",
-            "--seeds",
-            "1",
+            *TINY_GRID_ARGS,
             "--epochs",
             "1",
             "--db",

@@ -32,6 +32,8 @@ from keras_dreg.study.config import RunConfig
 from keras_dreg.study.config import StudyConfig
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
+from tests.conftest import TINY_GRID_ARGS
+from tests.conftest import fake_result
 
 BACKEND = keras.backend.backend()
 ONCE = pytest.mark.skipif(
@@ -66,17 +68,7 @@ def fake_study() -> StudyConfig:
 
 def fake_train(config: RunConfig) -> RunResult:
     """A deterministic stand-in for `train_run` (no training)."""
-    accuracy = int(config.key[:4], 16) / 0xFFFF
-    return RunResult(
-        config=config,
-        messy=False,
-        accuracy=accuracy,
-        noisy_accuracy=accuracy / 2,
-        penalty=None,
-        epochs_run=config.epochs,
-        wall_time=0.0,
-        versions={"fake": "1"},
-    )
+    return fake_result(config, int(config.key[:4], 16) / 0xFFFF, fake="1")
 
 
 def table(db) -> list[tuple]:
@@ -284,16 +276,7 @@ def cli_study(tmp_path_factory):
         "0",
         "--backend",
         BACKEND,
-        "--activations",
-        "gelu",
-        "--regularizers",
-        "none,dreg",
-        "--datasets",
-        "breast_cancer",
-        "--train-fractions",
-        "0.25",
-        "--seeds",
-        "1",
+        *TINY_GRID_ARGS,
         "--epochs",
         "2",
         "--quiet",

@@ -10,6 +10,7 @@ from keras_dreg.study.config import RunConfig
 from keras_dreg.study.config import StudyConfig
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
+from tests.conftest import fake_result
 
 STUDY = StudyConfig(
     activations=("gelu", "relu"),
@@ -28,15 +29,8 @@ def slow_train(config: RunConfig) -> RunResult:
     """A stand-in for `train_run` that takes `RUN_S` and says when."""
     start = time.time()
     time.sleep(RUN_S)
-    return RunResult(
-        config=config,
-        messy=False,
-        accuracy=0.5,
-        noisy_accuracy=0.25,
-        penalty=None,
-        epochs_run=config.epochs,
-        wall_time=RUN_S,
-        versions={"start": str(start), "end": str(time.time())},
+    return fake_result(
+        config, wall_time=RUN_S, start=str(start), end=str(time.time())
     )
 
 
