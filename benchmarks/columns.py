@@ -17,6 +17,8 @@ Every other argument is passed on to `step_time.py`, e.g.
     PYTHONPATH=. python benchmarks/columns.py --variants dreg_stop_gradient \\
         dreg_every_4 dreg_sample_quarter --steps 30
 
+`--only "TF eager" torch.compile` runs only those columns.
+
 A configuration that fails (e.g. `torch.compile` without a C++
 compiler) is reported and left blank; the others still print. A row
 that one configuration cannot train (the input-gradient and Jacobian
@@ -24,6 +26,7 @@ penalties under `torch.compile`, which cannot differentiate twice) is
 left blank there, and named with the error under the settings.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -38,6 +41,11 @@ COLUMNS = {
     "torch eager": ("torch", "false"),
     "torch.compile": ("torch", "true"),
 }
+FAMILY_SIZE = {"torch.compile": ["--family-size", "2"]}
+"""`torch.compile` compiles the step functions shared by the models of
+one process for a limited number of models (and `every_n_steps`
+recompiles them): `step_time.py` times each of its rows beside its own
+`"none"`, one pair after the other (see `--family-size`)."""
 STEP_TIME = Path(__file__).with_name("step_time.py")
 
 
@@ -64,13 +72,13 @@ def table(measured: dict) -> str:
     found = {c: m["medians"] for c, m in measured.items() if m}
     first = next(iter(found.values()))
     lines = [
-        "| model | row | " + " | ".join(COLUMNS) + " |",
-        "|---|---|" + "---:|" * len(COLUMNS),
+        "| model | row | " + " | ".join(found) + " |",
+        "|---|---|" + "---:|" * len(found),
     ]
     for model, medians in first.items():
         for row in medians:
             cells = []
-            for column in COLUMNS:
+            for column in found:
                 times = found.get(column, {}).get(model)
                 if not times or row not in times:
                     cells.append("")
@@ -83,9 +91,15 @@ def table(measured: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only", nargs="+", choices=list(COLUMNS), default=list(COLUMNS)
+    )
+    args, argv = parser.parse_known_args(argv)
     measured = {
-        column: measure(backend, jit_compile, argv)
-        for column, (backend, jit_compile) in COLUMNS.items()
+        column: measure(backend, jit, FAMILY_SIZE.get(column, []) + argv)
+        for column, (backend, jit) in COLUMNS.items()
+        if column in args.only
     }
     for column, result in measured.items():
         if result:

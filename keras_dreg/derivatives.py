@@ -483,14 +483,6 @@ _GELU_TANH_FORMS = tuple(
     for form in (_gelu, _gelu_second, _gelu_joint)
 )
 _QUICK_GELU_FORMS = (_quick_gelu, _quick_gelu_second, _quick_gelu_joint)
-BUILTIN_JOINTS = frozenset(
-    [forms.value_and_derivatives for forms in _ELEMENTWISE_FORMS.values()]
-    + [_GELU_TANH_FORMS[2], _QUICK_GELU_FORMS[2]]
-) - {None}
-"""The joint evaluations `z -> (phi, phi', phi'')` of keras-dreg's own
-closed forms: elementwise `keras.ops` compositions that a compiler may
-fuse (`keras_dreg.backend.fast_path`)."""
-
 # KerasHub's activations, keyed by `(fn.__module__, fn.__qualname__)`:
 # `(phi', phi'', z -> (phi, phi', phi''))`. tests/test_keras_hub.py checks each
 # against autodiff of KerasHub's own function.

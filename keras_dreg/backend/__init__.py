@@ -87,9 +87,7 @@ def fast_path(reference: Callable) -> Callable | None:
     GELU's joint evaluation, of the activation that records it (whose
     backward pass also carries the penalty's gradient into `z`) and of
     the penalty's per-unit `mean(phi'(z)^2)` (see
-    `keras_dreg.backend.torch`); TensorFlow compiles keras-dreg's own
-    joint evaluations with XLA (`keras_dreg.backend.tensorflow`); JAX
-    has none (XLA compiles the whole step).
+    `keras_dreg.backend.torch`). TensorFlow and JAX have none.
 
     Example:
 
