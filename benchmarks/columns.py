@@ -17,7 +17,8 @@ Every other argument is passed on to `step_time.py`, e.g.
     PYTHONPATH=. python benchmarks/columns.py --variants dreg_stop_gradient \\
         dreg_every_4 dreg_sample_quarter --steps 30
 
-`--only "TF eager" torch.compile` runs only those columns.
+`--only "TF eager" torch.compile` runs only those columns: under
+`torch.compile`, time at most 8 models per process (see `step_time.py`).
 
 A configuration that fails (e.g. `torch.compile` without a C++
 compiler) is reported and left blank; the others still print. A row
@@ -41,11 +42,6 @@ COLUMNS = {
     "torch eager": ("torch", "false"),
     "torch.compile": ("torch", "true"),
 }
-FAMILY_SIZE = {"torch.compile": ["--family-size", "2"]}
-"""`torch.compile` compiles the step functions shared by the models of
-one process for a limited number of models (and `every_n_steps`
-recompiles them): `step_time.py` times each of its rows beside its own
-`"none"`, one pair after the other (see `--family-size`)."""
 STEP_TIME = Path(__file__).with_name("step_time.py")
 
 
@@ -97,7 +93,7 @@ def main(argv: list[str]) -> int:
     )
     args, argv = parser.parse_known_args(argv)
     measured = {
-        column: measure(backend, jit, FAMILY_SIZE.get(column, []) + argv)
+        column: measure(backend, jit, argv)
         for column, (backend, jit) in COLUMNS.items()
         if column in args.only
     }

@@ -23,13 +23,13 @@ option changed (`VARIANTS`): `stop_gradient_derivative=True`,
 JAX and TensorFlow, which have none, and under `torch.compile`, which
 does not use them, the same as `dreg`).
 
-`--family-size N` times the rows in families of at most `N` models
-(`"none"` and `N - 1` rows), one after the other, each from a cleared
-session: `torch.compile` compiles the step functions that the models of
-a family share for at most 8 models (then it runs them uncompiled), so
-`benchmarks/columns.py` passes `--family-size 4` for it. A row's time is
-then its ratio to its own family's `"none"` times the median `"none"`
-over the families.
+Under `torch.compile`, time at most 8 models per process (`"none"`
+included; choose them with `--regularizers` and `--variants`):
+TorchDynamo compiles the step functions that the models of a process
+share for 8 of them, then runs them uncompiled. (Timing the rows in
+smaller families, with `clear_session` between them, made Inductor fail
+on the CNN with `cannot determine truth value of Relational`, torch
+2.13.)
 
 A row whose first step raises `ValueError` (the input-gradient and
 Jacobian penalties under `torch.compile`) is left out and named with
@@ -111,7 +111,8 @@ def regularized_models(
     the same weights."""
     # Frees the previous family's models; on PyTorch this also resets
     # `torch.compile`'s cache, which recompiles each shared step function
-    # for a new model only up to a limit (8), then runs it uncompiled.
+    # for a new model only up to a limit (8), then runs it uncompiled
+    # (see the module's docstring).
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     weights = build().get_weights()
@@ -131,29 +132,6 @@ def regularized_models(
         )
         models[name] = model
     return models
-
-
-def batch(model, batch_size: int, rng) -> tuple:
-    """A random batch of backend tensors, as `fit` passes them (a NumPy
-    batch would make `torch.compile` break the graph where Keras
-    converts it)."""
-    shape = model.wrapped.input_shape[1:]
-    x = rng.normal(size=(batch_size, *shape)).astype("float32")
-    y = rng.integers(0, CLASSES, size=(batch_size,))
-    return keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
-
-
-def merge_families(family_medians: list[dict]) -> dict:
-    """One `{row: seconds}` from families timed one after the other: the
-    median `"none"`, and each row's ratio to its own family's `"none"`
-    times it (one family: its medians as they are)."""
-    none = statistics.median(m["none"] for m in family_medians)
-    merged = {"none": none}
-    for medians in family_medians:
-        for name, seconds in medians.items():
-            if name != "none":
-                merged[name] = seconds / medians["none"] * none
-    return merged
 
 
 def drop_unsupported(models: dict, x, y) -> dict:
@@ -228,12 +206,6 @@ def main(argv=None):
         help="DREG rows with one option changed (see VARIANTS)",
     )
     parser.add_argument(
-        "--family-size",
-        type=int,
-        default=0,
-        help="time at most this many models together (0: all)",
-    )
-    parser.add_argument(
         "--json",
         help="also write the medians (seconds) and the settings to this file",
     )
@@ -242,32 +214,31 @@ def main(argv=None):
     names += args.variants
     rng = np.random.default_rng(0)
     results, skipped = {}, {}
-    rows = names[1:]
-    size = args.family_size - 1 if args.family_size > 1 else len(rows)
-    families = [rows[i : i + size] for i in range(0, len(rows), size)]
     for model_name in args.models:
-        family_medians = []
-        for family in families:
-            models = regularized_models(
-                MODELS[model_name],
-                ["none", *family],
-                JIT_COMPILE[args.jit_compile],
-                args.batch_size,
-            )
-            x, y = batch(models["none"], args.batch_size, rng)
-            for name, error in drop_unsupported(models, x, y).items():
-                skipped[f"{model_name} {name}"] = error
-            family_medians.append(
-                time_steps(
-                    models, x, y, args.steps, args.warmup, CLOCKS[args.clock]
-                )
-            )
-        results[model_name] = merge_families(family_medians)
+        models = regularized_models(
+            MODELS[model_name],
+            names,
+            JIT_COMPILE[args.jit_compile],
+            args.batch_size,
+        )
+        shape = models["none"].wrapped.input_shape[1:]
+        # Backend tensors, as `fit` passes them: a NumPy batch would make
+        # `torch.compile` break the graph where Keras converts it.
+        x = keras.ops.convert_to_tensor(
+            rng.normal(size=(args.batch_size, *shape)).astype("float32")
+        )
+        y = keras.ops.convert_to_tensor(
+            rng.integers(0, CLASSES, size=(args.batch_size,))
+        )
+        for name, error in drop_unsupported(models, x, y).items():
+            skipped[f"{model_name} {name}"] = error
+        results[model_name] = time_steps(
+            models, x, y, args.steps, args.warmup, CLOCKS[args.clock]
+        )
     settings = (
         f"backend={keras.backend.backend()} "
         f"jit_compile={models['none'].jit_compile} clock={args.clock} "
         f"batch={args.batch_size} steps={args.steps} warmup={args.warmup} "
-        f"family_size={args.family_size or len(names)} "
         f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} "
         f"machine={platform.machine()} date={datetime.date.today()}"
     )
