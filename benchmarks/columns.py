@@ -17,8 +17,8 @@ Every other argument is passed on to `step_time.py`, e.g.
     PYTHONPATH=. python benchmarks/columns.py --variants dreg_stop_gradient \\
         dreg_every_4 dreg_sample_quarter --steps 30
 
-`--only "TF eager" torch.compile` runs only those columns: under
-`torch.compile`, time at most 8 models per process (see `step_time.py`).
+`--only "TF eager" torch.compile` runs only those columns; time three
+models per process under `torch.compile` (see `step_time.py`).
 
 A configuration that fails (e.g. `torch.compile` without a C++
 compiler) is reported and left blank; the others still print. A row

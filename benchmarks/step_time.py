@@ -23,11 +23,15 @@ option changed (`VARIANTS`): `stop_gradient_derivative=True`,
 JAX and TensorFlow, which have none, and under `torch.compile`, which
 does not use them, the same as `dreg`).
 
-Under `torch.compile`, time at most 8 models per process (`"none"`
-included; choose them with `--regularizers` and `--variants`):
-TorchDynamo compiles the step functions that the models of a process
-share for 8 of them, then runs them uncompiled. (Timing the rows in
-smaller families, with `clear_session` between them, made Inductor fail
+Under `torch.compile`, time three models per process (`"none"` and
+two rows, chosen with `--regularizers` and `--variants`): all models of
+a family share Keras's step functions, which TorchDynamo compiles anew
+for each model, a DREG model more than once, and only 8 times in all;
+later models run (partly) uncompiled. `spectral_norm` and
+`dreg_every_4` use `keras.ops.cond`, which TorchDynamo recompiles at
+every step (it guards on Keras's global counter of operation names)
+until that limit. (Timing the rows in smaller families, with
+`clear_session` between them, or raising the limit, made Inductor fail
 on the CNN with `cannot determine truth value of Relational`, torch
 2.13.)
 
