@@ -27,13 +27,12 @@ Under `torch.compile`, time three models per process (`"none"` and
 two rows, chosen with `--regularizers` and `--variants`): all models of
 a family share Keras's step functions, which TorchDynamo compiles anew
 for each model, a DREG model more than once, and only 8 times in all;
-later models run (partly) uncompiled. `spectral_norm` and
-`dreg_every_4` use `keras.ops.cond`, which TorchDynamo recompiles at
-every step (it guards on Keras's global counter of operation names)
-until that limit. (Timing the rows in smaller families, with
-`clear_session` between them, or raising the limit, made Inductor fail
-on the CNN with `cannot determine truth value of Relational`, torch
-2.13.)
+later models run (partly) uncompiled. Leave `spectral_norm` and
+`dreg_every_4` out there: with many models in one process TorchDynamo
+recompiled their `keras.ops.cond` at every step. (Timing the rows in
+smaller families, with `clear_session` between them, or raising the
+limit, made Inductor fail on the CNN with `cannot determine truth value
+of Relational`, torch 2.13.) See docs/benchmarks.md.
 
 A row whose first step raises `ValueError` (the input-gradient and
 Jacobian penalties under `torch.compile`) is left out and named with
