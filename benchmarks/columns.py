@@ -75,7 +75,7 @@ def table(measured: dict) -> str:
         for row in medians:
             cells = []
             for column in found:
-                times = found.get(column, {}).get(model)
+                times = found[column].get(model)
                 if not times or row not in times:
                     cells.append("")
                 elif row == "none":

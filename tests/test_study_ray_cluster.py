@@ -30,6 +30,7 @@ from keras_dreg.study.config import StudyConfig
 from keras_dreg.study.store import ResultStore
 from keras_dreg.study.store import RunResult
 from tests.conftest import TINY_GRID_ARGS
+from tests.conftest import fake_result
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(
@@ -123,15 +124,8 @@ def local_cluster(num_nodes: int = 2) -> Iterator[str]:
 def node_train(config: RunConfig) -> RunResult:
     """A stand-in for `train_run` that records the Ray node it ran on."""
     time.sleep(2.0)  # long enough that both one-CPU nodes are busy
-    return RunResult(
-        config=config,
-        messy=False,
-        accuracy=0.5,
-        noisy_accuracy=0.25,
-        penalty=None,
-        epochs_run=config.epochs,
-        wall_time=2.0,
-        versions={"node": ray.get_runtime_context().get_node_id()},
+    return fake_result(
+        config, wall_time=2.0, node=ray.get_runtime_context().get_node_id()
     )
 
 

@@ -217,9 +217,7 @@ def mean_squared_slope(z, slope, curvature, axes):
 class _MeanSquaredSlope(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, slope, curvature, axes):
-        count = 1
-        for axis in axes:
-            count *= z.shape[axis]
+        count = math.prod(z.shape[axis] for axis in axes)
         ctx.count = count
         if callable(curvature):
             ctx.curvature = curvature
