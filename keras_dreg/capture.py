@@ -480,8 +480,9 @@ def _same_axis(layer, batch_norm):
 class Record:
     """What one call of a site recorded: `z`; `(phi'(z), phi''(z))` when
     the activation was evaluated with them (float32, no gradient
-    history; `phi''(z)` may be the function `phi''`, deferred by a
-    backend's fast path, see `keras_dreg.penalty.mean_squared_slope`);
+    history, of the first `sample_size` examples where the capture has
+    one; `phi''(z)` may be the function `phi''`, deferred by a backend's
+    fast path, see `keras_dreg.penalty.mean_squared_slope`);
     the kernel layer's input shape and mask where needed; the
     normalization's input and training flag when a `BatchNormalization`
     is involved."""
@@ -507,6 +508,10 @@ class ActivationCapture:
             `value_and_derivatives` with it and record `phi'` and `phi''`
             too (see the module docstring). Worth it only if every
             recorded step uses them.
+        sample_size: Evaluate `phi'` and `phi''` on the first
+            `sample_size` examples of the batch only (DREG's
+            `sample_size`: the penalty needs no more); `None`, every
+            example.
 
     Example:
 
@@ -524,9 +529,11 @@ class ActivationCapture:
         self,
         sites: Sequence[RegularizedLayer],
         evaluate_derivatives: bool = True,
+        sample_size: int | None = None,
     ):
         self.sites = list(sites)
         self.evaluate_derivatives = evaluate_derivatives
+        self.sample_size = sample_size
         self._local = threading.local()
         self._hooks = [
             h for i, s in enumerate(self.sites) for h in self._site_hooks(i, s)
@@ -630,7 +637,9 @@ class ActivationCapture:
             record.pre_activation = z
             if joint is None or args or kwargs:
                 return original(z, *args, **kwargs)
-            outputs = _evaluate_with_derivatives(record, z, joint)
+            outputs = _evaluate_with_derivatives(
+                record, z, joint, self.sample_size
+            )
             if original is keras.activations.sigmoid:
                 internals.keep_logits(outputs, z)
             return outputs
@@ -649,25 +658,27 @@ class ActivationCapture:
         return recording_call
 
 
-def _evaluate_with_derivatives(record, z, value_and_derivatives):
-    """`phi(z)`, recording `(phi'(z), phi''(z))` in `record` (see
-    `activation_with_derivatives`, or the backend's fused equivalent,
-    `keras_dreg.backend.fast_path`, where it has one)."""
+def _evaluate_with_derivatives(record, z, value_and_derivatives, rows):
+    """`phi(z)`, recording `(phi'(z), phi''(z))` of the first `rows`
+    examples in `record` (see `activation_with_derivatives`, or the
+    backend's fused equivalent, `keras_dreg.backend.fast_path`, where it
+    has one)."""
     evaluate = (
         fast_path(activation_with_derivatives) or activation_with_derivatives
     )
-    outputs, slope, curvature = evaluate(z, value_and_derivatives)
+    outputs, slope, curvature = evaluate(z, value_and_derivatives, rows)
     record.derivatives = (slope, curvature)
     return outputs
 
 
-def activation_with_derivatives(z, value_and_derivatives):
+def activation_with_derivatives(z, value_and_derivatives, rows=None):
     """`(phi(z), phi'(z), phi''(z))` from one joint evaluation.
 
     `phi(z)` is in `z`'s dtype, with the gradient `upstream * phi'(z)`
     (from the `phi'(z)` computed here: `phi` is not differentiated
-    again); `phi'(z)` and `phi''(z)` are float32 and without gradient
-    history (`phi''` may be deferred: the function, see
+    again); `phi'(z)` and `phi''(z)` are float32, without gradient
+    history, and of the first `rows` examples (axis 0) only, where
+    `rows` is given (`phi''` may be deferred: the function, see
     `keras_dreg.backend.fast_path`). A backend's fused equivalent of
     `value_and_derivatives` is used where it has one.
 
@@ -692,7 +703,11 @@ def activation_with_derivatives(z, value_and_derivatives):
 
         return keras.ops.cast(value, z.dtype), grad
 
-    return custom_gradient(activation)(z, value, slope), slope, curvature
+    value = custom_gradient(activation)(z, value, slope)
+    if not penalty.takes_every_example(rows, z):
+        slope = slope[:rows]
+        curvature = curvature if callable(curvature) else curvature[:rows]
+    return value, slope, curvature
 
 
 def _needs_layer_input(layer) -> bool:

@@ -394,7 +394,9 @@ def layer_penalty(
             autodiff through every operation of `phi'`.
         evaluated: Optional `(phi'(z), phi''(z))`, float32, already
             evaluated (by the training step's forward pass, see
-            `keras_dreg.capture`); used instead of evaluating them again.
+            `keras_dreg.capture`; with `sample_size`, they may be of the
+            first `sample_size` examples only); used instead of
+            evaluating them again.
             `phi''(z)` may be the function `phi''` instead (a backend's
             fast path defers it to the backward pass, see
             `mean_squared_slope`).
@@ -470,17 +472,32 @@ def layer_penalty(
 
 def _first_examples(k, pre_activation, evaluated, mask):
     """`z`, `(phi', phi'')` and `mask` cut to the first `k` examples
-    (axis 0; a deferred `phi''`, a function, as it is); unchanged where
-    the batch has at most `k` (then the term is computed on the very
-    same tensors as without `sample_size`)."""
-    batch = pre_activation.shape[0]
-    if batch is not None and batch <= k:
+    (axis 0; a deferred `phi''`, a function, as it is; `phi'` evaluated
+    on `k` examples only, as `keras_dreg.capture` does, stays the same);
+    unchanged where the batch has at most `k` (then the term is computed
+    on the very same tensors as without `sample_size`)."""
+    if takes_every_example(k, pre_activation):
         return pre_activation, evaluated, mask
     if evaluated is not None:
         evaluated = tuple(t if callable(t) else t[:k] for t in evaluated)
-    if mask is not None and tuple(mask.shape[:1]) == (batch,):
+    if mask is not None and tuple(mask.shape[:1]) == (pre_activation.shape[0],):
         mask = mask[:k]
     return pre_activation[:k], evaluated, mask
+
+
+def takes_every_example(sample_size: int | None, tensor) -> bool:
+    """Whether the first `sample_size` examples of `tensor` (axis 0) are
+    all of them: `sample_size` is `None`, or at least a static batch
+    size.
+
+    Example:
+
+    >>> batch = np.zeros((3, 2))
+    >>> takes_every_example(4, batch), takes_every_example(2, batch)
+    (True, False)
+    """
+    batch = tensor.shape[0]
+    return sample_size is None or (batch is not None and batch <= sample_size)
 
 
 def _position_weight(mask, z, axes):

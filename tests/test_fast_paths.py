@@ -135,14 +135,16 @@ def test_mean_squared_slope_agrees(joint, permuted, axes):
 @pytest.mark.parametrize("permuted", [True, False])
 @pytest.mark.parametrize("axes", [(0, 1, 2), (0,)])
 @pytest.mark.parametrize("differentiated", ["both", "activation", "penalty"])
+@pytest.mark.parametrize("rows", [None, 3])
 def test_activation_and_penalty_gradients_agree(
-    joint, permuted, axes, differentiated
+    joint, permuted, axes, differentiated, rows
 ):
     """The fused activation (`capture.activation_with_derivatives`'s
     fast form), whose backward pass also carries the penalty's gradient
     into `z`, against the reference: values, and the gradient into `z`
     of `<u, phi(z)> + <v, mean(phi'(z)^2)>`, of either part alone, or
-    both."""
+    both; the penalty on every example or (`rows`, as `sample_size`
+    cuts it) on the first 3 of 8."""
     import torch
 
     z = pre_activations(permuted)
@@ -155,11 +157,12 @@ def test_activation_and_penalty_gradients_agree(
         evaluate = backend.fast_path(capture.activation_with_derivatives) or (
             capture.activation_with_derivatives
         )
-        output, slope, curvature = evaluate(leaf, joint)
+        output, slope, curvature = evaluate(leaf, joint, rows)
         mean = backend.fast_path(penalty.mean_squared_slope) or (
             penalty.mean_squared_slope
         )
-        term = torch.sum(mean(leaf, slope, curvature, axes) * v)
+        sample = leaf if rows is None else leaf[:rows]
+        term = torch.sum(mean(sample, slope, curvature, axes) * v)
         loss = {
             "both": torch.sum(output * u) + term,
             "activation": torch.sum(output * u),
@@ -186,11 +189,12 @@ def conv_gelu():
     return keras.Model(inputs, x)
 
 
-def penalty_and_gradients(model, x, sample_size):
+def penalty_and_gradients(model, x, sample_size, captured_rows):
     """`sum(outputs) + sum of the DREG terms`, its gradient with respect
-    to the input, and to each kernel, as DREG trains."""
+    to the input, and to each kernel, as DREG trains (there the capture
+    evaluates `phi'` on `captured_rows = sample_size` examples)."""
     sites = capture.find_regularized_layers(model)
-    recorder = capture.ActivationCapture(sites)
+    recorder = capture.ActivationCapture(sites, sample_size=captured_rows)
     kernels = [site.layer.kernel for site in sites]
 
     def loss_and_terms(x):
@@ -220,16 +224,40 @@ def penalty_and_gradients(model, x, sample_size):
 
 
 @torch_only
-@pytest.mark.parametrize("sample_size", [None, 3])
-def test_layer_penalty_and_gradients_agree_end_to_end(sample_size):
+@pytest.mark.parametrize(
+    "sample_size, captured_rows", [(None, None), (3, 3), (3, None), (4, 4)]
+)
+def test_layer_penalty_and_gradients_agree_end_to_end(
+    sample_size, captured_rows
+):
     keras.utils.set_random_seed(0)
     model = conv_gelu()
     x = keras.ops.convert_to_tensor(
         2.0
         * np.random.default_rng(1).normal(size=(4, 9, 9, 3)).astype("float32")
     )
-    fast = penalty_and_gradients(model, x, sample_size)
+    fast = penalty_and_gradients(model, x, sample_size, captured_rows)
     with backend.fast_paths(False):
-        reference = penalty_and_gradients(model, x, sample_size)
+        reference = penalty_and_gradients(model, x, sample_size, captured_rows)
     for got, want in zip(fast, reference):
         np.testing.assert_allclose(to_numpy(got), to_numpy(want), **TOLERANCE)
+
+
+@torch_only
+@pytest.mark.parametrize("permuted", [True, False])
+def test_the_token_stands_for_its_z_or_its_first_rows_only(permuted):
+    """The penalty's gradient takes the activation's token only for the
+    `z` it was evaluated on, or (`sample_size`) its first rows as
+    `layer_penalty` cuts them; any other tensor takes the fallback."""
+    from keras_dreg.backend import torch as torch_backend
+
+    joint = derivatives.describe_activation("gelu").value_and_derivatives
+    z = pre_activations(permuted).requires_grad_(True)
+    _, _, whole = torch_backend.activation_with_derivatives(z, joint)
+    _, _, first = torch_backend.activation_with_derivatives(z, joint, 3)
+    assert whole.stands_for(z)
+    assert first.stands_for(z[:3])
+    for other in (z[:3], z[1:4], z.detach()[:3], z.clone()):
+        assert not whole.stands_for(other)
+    for other in (z, z[1:4], z[:2], z.detach()[:3], z.clone()[:3]):
+        assert not first.stands_for(other)

@@ -68,7 +68,7 @@ def fast_path(reference):
     }.get(reference)
 
 
-def activation_with_derivatives(z, value_and_derivatives):
+def activation_with_derivatives(z, value_and_derivatives, rows=None):
     """`keras_dreg.capture.activation_with_derivatives` for the exact
     GELU on a float32 `z`: one `torch.autograd.Function`
     (`_GeluWithDerivatives`) whose backward pass also takes the
@@ -85,6 +85,14 @@ def activation_with_derivatives(z, value_and_derivatives):
     activation's `upstream * phi'(z)` are two new tensors that autograd
     then adds up.
 
+    With `rows` (DREG's `sample_size`, fewer than the batch), `phi'` and
+    the token are of the first `rows` examples only: the forward pass is
+    torch's `gelu` plus `gelu'` on those rows, the backward pass torch's
+    `gelu_backward`, as without DREG, plus the penalty's term added into
+    the first `rows` rows of that gradient. (Slicing `z` instead would
+    scatter the penalty's gradient into a zero tensor of the batch's
+    size and add that.)
+
     Example:
 
     >>> from keras_dreg import derivatives
@@ -97,40 +105,65 @@ def activation_with_derivatives(z, value_and_derivatives):
     """
     from keras_dreg import capture
     from keras_dreg import derivatives
+    from keras_dreg import penalty
 
     if (
         value_and_derivatives is not derivatives._gelu_joint
         or z.dtype != torch.float32
     ):
-        return capture.activation_with_derivatives(z, value_and_derivatives)
-    value, slope, token = _GeluWithDerivatives.apply(z)
+        return capture.activation_with_derivatives(
+            z, value_and_derivatives, rows
+        )
+    if penalty.takes_every_example(rows, z):
+        rows = None
+    value, slope, token = _GeluWithDerivatives.apply(z, rows)
     return value, slope, _GeluCurvature(z, token)
 
 
 class _GeluWithDerivatives(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z):
-        value, slope, _ = gelu_value_and_derivatives(z)
+    def forward(ctx, z, rows):
+        value = torch.nn.functional.gelu(z)
+        slope = gelu_slope(z if rows is None else z[:rows])
+        ctx.rows = rows
         ctx.save_for_backward(z, slope)
         ctx.mark_non_differentiable(slope)
         ctx.set_materialize_grads(False)
-        return value, slope, z.new_zeros(()).expand(z.shape)
+        return value, slope, z.new_zeros(()).expand(slope.shape)
 
     @staticmethod
     def backward(ctx, upstream, _, token_grad):
         z, slope = ctx.saved_tensors
+        if ctx.rows is not None:
+            return _gelu_grad_with_first_rows(
+                upstream, token_grad, z, slope, ctx.rows
+            ), None
         if token_grad is None:
-            return None if upstream is None else upstream * slope
+            return None if upstream is None else upstream * slope, None
         grad = gelu_curvature(z).mul_(token_grad)
         if upstream is not None:
             grad.add_(upstream)
-        return grad.mul_(slope)
+        return grad.mul_(slope), None
+
+
+def _gelu_grad_with_first_rows(upstream, token_grad, z, slope, rows):
+    """`upstream * gelu'(z)`, plus `token_grad * gelu'(z) gelu''(z)` on
+    the first `rows` examples (`slope` is their `gelu'`)."""
+    if upstream is None:
+        grad = torch.zeros_like(z)
+    else:
+        grad = torch.ops.aten.gelu_backward(upstream, z)
+    if token_grad is not None:
+        term = gelu_curvature(z[:rows]).mul_(slope)
+        grad[:rows].addcmul_(term, token_grad)
+    return grad
 
 
 class _GeluCurvature:
     """The function `gelu''`, deferred, and the `token` through which
     `mean_squared_slope` sends its gradient for `pre_activation` (the
-    `z` it was evaluated on) into the activation's backward pass."""
+    `z` it was evaluated on), or for its first examples (the token's
+    size), into the activation's backward pass."""
 
     def __init__(self, pre_activation, token):
         self.pre_activation = pre_activation
@@ -138,6 +171,21 @@ class _GeluCurvature:
 
     def __call__(self, z):
         return gelu_curvature(z)
+
+    def stands_for(self, z) -> bool:
+        """Whether `z` is what the token stands for: `pre_activation`
+        itself, or (the token having fewer rows) the view of its first
+        rows that `keras_dreg.penalty.layer_penalty` cuts for
+        `sample_size` (same memory, strides and autograd base)."""
+        whole = self.pre_activation
+        if z is whole:
+            return self.token.shape == whole.shape
+        return (
+            z.shape == self.token.shape
+            and z.stride() == whole.stride()
+            and z.data_ptr() == whole.data_ptr()
+            and z._base is (whole if whole._base is None else whole._base)
+        )
 
 
 def gelu_value_and_derivatives(z):
@@ -149,13 +197,9 @@ def gelu_value_and_derivatives(z):
         gelu(z) = z Phi(z),  gelu' = Phi(z) + z N(z)
 
     `Phi` and `N` the standard normal CDF and density. `gelu` and
-    `gelu'` are torch's fused kernels (`gelu`, and `gelu_backward` with
-    a unit upstream, written over that upstream): one pass and one new
-    tensor each, against some 13 passes of the `keras.ops` form
-    (`derivatives._gelu_joint`). A `ones_like(z)` upstream keeps `z`'s
-    memory layout (a convolution's output may be a permuted view),
-    where an expanded scalar would make `gelu_backward` take its slow
-    strided loop.
+    `gelu'` are torch's fused kernels (`gelu`, and `gelu_slope`): one
+    pass and one new tensor each, against some 13 passes of the
+    `keras.ops` form (`derivatives._gelu_joint`).
 
     Example:
 
@@ -165,10 +209,23 @@ def gelu_value_and_derivatives(z):
     >>> slope.tolist(), curvature is gelu_curvature
     ([0.5, 0.5], True)
     """
-    value = torch.nn.functional.gelu(z)
+    return torch.nn.functional.gelu(z), gelu_slope(z), gelu_curvature
+
+
+def gelu_slope(z):
+    """`gelu'(z)`: torch's `gelu_backward` with a unit upstream, written
+    over that upstream (one pass and one new tensor). A `ones_like(z)`
+    upstream keeps `z`'s memory layout (a convolution's output may be a
+    permuted view), where an expanded scalar would make `gelu_backward`
+    take its slow strided loop.
+
+    Example:
+
+    >>> gelu_slope(torch.zeros(2)).tolist()
+    [0.5, 0.5]
+    """
     slope = torch.ones_like(z)
-    torch.ops.aten.gelu_backward.grad_input(slope, z, grad_input=slope)
-    return value, slope, gelu_curvature
+    return torch.ops.aten.gelu_backward.grad_input(slope, z, grad_input=slope)
 
 
 def gelu_curvature(z):
@@ -207,7 +264,7 @@ def mean_squared_slope(z, slope, curvature, axes):
     >>> mean.tolist()
     [[0.25, 0.25, 0.25]]
     """
-    if getattr(curvature, "pre_activation", None) is z:
+    if isinstance(curvature, _GeluCurvature) and curvature.stands_for(z):
         return _MeanSquaredSlopeByToken.apply(
             curvature.token, slope, tuple(axes)
         )

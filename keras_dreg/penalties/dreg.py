@@ -109,7 +109,9 @@ class DREG(base.Penalty):
         # A step that skips the penalty would evaluate phi' and phi''
         # for nothing.
         recorder = capture.ActivationCapture(
-            sites, evaluate_derivatives=self.every_n_steps == 1
+            sites,
+            evaluate_derivatives=self.every_n_steps == 1,
+            sample_size=self.sample_size,
         )
         return DREGState(survey, recorder)
 
@@ -228,9 +230,8 @@ def site_keys(sites) -> list[str]:
 
 
 def _slope(site, record):
-    """`phi'(z)` of one recorded call, float32."""
-    if record.derivatives is not None:
-        return record.derivatives[0]
+    """`phi'(z)` of one recorded call, float32, on every example (the
+    recorded `phi'` may be of the first `sample_size` only)."""
     return site.activation.derivative(
         ops.cast(record.pre_activation, "float32")
     )
