@@ -1,8 +1,12 @@
 """DREG's cost in the five configurations users run, side by side.
 
 Runs `step_time.py` once per configuration, each in its own process
-(Keras fixes the backend at its first import), and prints one table of
-ratios to the plain step ("none") of the same run:
+(Keras fixes the backend at its first import), and prints two tables
+of ratios to the plain step ("none") of the same run: of the time per
+step, and of the peak memory per step (`peak_memory.step_memory`; "n/a"
+where the configuration cannot measure it, TensorFlow on a CPU, with
+the reason under the settings), each with "none"'s own figure (ms, MiB)
+in its row. The configurations:
 
 | column        | backend    | `jit_compile`                           |
 |---------------|------------|-----------------------------------------|
@@ -62,28 +66,44 @@ def measure(backend: str, jit_compile: str, args: list[str]) -> dict | None:
         return json.loads(out.read_text())
 
 
-def table(measured: dict) -> str:
+UNITS = {"medians": (1e3, "ms"), "memory": (2**-20, "MiB")}
+"""The figures `table` shows: `step_time.py`'s JSON key, then the scale
+and the unit of the plain step's own figure."""
+
+
+def table(measured: dict, key: str = "medians") -> str:
     """Rows (model, regularizer), a column of ratios per configuration,
-    and the plain step's ms per column first."""
-    found = {c: m["medians"] for c, m in measured.items() if m}
+    and the plain step's own figure in the "none" row: of the time
+    (`key="medians"`) or of the memory per step (`key="memory"`)."""
+    found = {c: m[key] for c, m in measured.items() if m}
     first = next(iter(found.values()))
     lines = [
         "| model | row | " + " | ".join(found) + " |",
         "|---|---|" + "---:|" * len(found),
     ]
-    for model, medians in first.items():
-        for row in medians:
+    for model, rows in first.items():
+        for row in rows:
             cells = []
             for column in found:
-                times = found[column].get(model)
-                if not times or row not in times:
+                figures = found[column].get(model)
+                if not figures or row not in figures:
                     cells.append("")
-                elif row == "none":
-                    cells.append(f"{1e3 * times['none']:.1f} ms")
                 else:
-                    cells.append(f"{times[row] / times['none']:.2f}")
+                    cells.append(_cell(key, row, figures))
             lines.append(f"| {model} | {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(key: str, row: str, figures: dict) -> str:
+    """The plain step's own figure in the "none" row, else the ratio to
+    it; "n/a" where either was not measured."""
+    value, none = figures[row], figures["none"]
+    if value is None or not none:
+        return "n/a"
+    if row == "none":
+        scale, unit = UNITS[key]
+        return f"{scale * value:.1f} {unit}"
+    return f"{value / none:.2f}"
 
 
 def main(argv: list[str]) -> int:
@@ -102,9 +122,13 @@ def main(argv: list[str]) -> int:
             print(f"{column}: {result['settings']}")
             for row, error in result.get("skipped", {}).items():
                 print(f"  skipped {row}: {error}")
+            if result["memory_unmeasured"]:
+                print(f"  step MiB n/a: {result['memory_unmeasured']}")
     if not any(measured.values()):
         return 1
     print(table(measured))
+    print()
+    print(table(measured, "memory"))
     return 0 if all(measured.values()) else 1
 
 

@@ -13,7 +13,17 @@ a GPU; `--jit-compile true` asks for it), and times `train_on_batch` on
 a fixed batch. The regularizers take turns step by step (round-robin), so a slow
 spell of the machine hits all of them; each one's time is the median
 over `--steps` steps after `--warmup` steps (compilation). It prints
-ms/step and the ratio to "none" measured in the same run.
+ms/step and the ratio to "none" measured in the same run, and beside
+them each row's peak memory per step and its ratio to "none"'s.
+
+"step MiB" is `peak_memory.step_memory`: the peak bytes a step needs
+beyond the weights, the optimizer's state and the batch (activations
+kept for the backward pass, gradients, temporaries), from XLA's
+compiled memory analysis on JAX, torch's profiler (CPU) or allocator
+statistics (CUDA), and TensorFlow's allocator statistics on a GPU; "n/a"
+where the backend cannot measure (TensorFlow on a CPU), with the reason
+under the table. It is measured once per row after the timed steps,
+which it therefore cannot disturb.
 
 Besides the six regularizers, `--variants` adds rows of DREG with one
 option changed (`VARIANTS`): `stop_gradient_derivative=True`,
@@ -38,8 +48,9 @@ A row whose first step raises `ValueError` (the input-gradient and
 Jacobian penalties under `torch.compile`) is left out and named with
 the error under the table.
 
-`--json PATH` also writes the medians; `benchmarks/columns.py` uses it
-to put the five configurations users run side by side.
+`--json PATH` also writes the medians and the step memory (bytes);
+`benchmarks/columns.py` uses it to put the five configurations users
+run side by side.
 
 `--clock cpu` measures the process's CPU time instead of wall time:
 on a shared, busy machine, with one thread per backend
@@ -58,6 +69,7 @@ import time
 
 import keras
 import numpy as np
+import peak_memory  # benchmarks/peak_memory.py, beside this script
 
 import keras_dreg
 from keras_dreg import backend
@@ -159,8 +171,7 @@ def time_steps(
     times = {name: [] for name in models}
     for step in range(warmup + steps):
         for name, model in models.items():
-            reference = name == "dreg_reference"
-            with backend.fast_paths(False) if reference else _no_change():
+            with _row_context(name):
                 start = clock()
                 model.train_on_batch(x, y)  # numpy: waits for the step
             if step >= warmup:
@@ -168,24 +179,48 @@ def time_steps(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-@contextlib.contextmanager
-def _no_change():
-    yield
+def step_memories(models: dict, x, y) -> dict:
+    """Each row's `peak_memory.step_memory` (bytes, or `None` where the
+    backend cannot measure), one row after the other."""
+    memories = {}
+    for name, model in models.items():
+        with _row_context(name):
+            memories[name] = peak_memory.step_memory(model, x, y)
+    return memories
 
 
-def table(results: dict) -> str:
-    """A Markdown table: model, regularizer, ms/step, ratio to none."""
+def _row_context(name: str):
+    """`dreg_reference`'s steps run without the backend's fast paths."""
+    if name == "dreg_reference":
+        return backend.fast_paths(False)
+    return contextlib.nullcontext()
+
+
+def table(results: dict, memory: dict) -> str:
+    """A Markdown table: model, regularizer, ms/step and its ratio to
+    none, MiB per step and its ratio to none ("n/a": not measured)."""
     lines = [
-        "| model | regularizer | ms/step | x none |",
-        "|---|---|---:|---:|",
+        "| model | regularizer | ms/step | x none | step MiB | x none |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for model_name, medians in results.items():
+        memories = memory[model_name]
         for name, seconds in medians.items():
             ratio = seconds / medians["none"]
+            mib, mib_ratio = _memory_cells(memories[name], memories["none"])
             lines.append(
-                f"| {model_name} | {name} | {1e3 * seconds:.2f} | {ratio:.2f} |"
+                f"| {model_name} | {name} | {1e3 * seconds:.2f} | "
+                f"{ratio:.2f} | {mib} | {mib_ratio} |"
             )
     return "\n".join(lines)
+
+
+def _memory_cells(row: int | None, none: int | None) -> tuple[str, str]:
+    """A row's step memory in MiB and its ratio to none's, or "n/a"."""
+    if row is None:
+        return "n/a", "n/a"
+    ratio = f"{row / none:.2f}" if none else "n/a"
+    return f"{row / 2**20:.2f}", ratio
 
 
 def main(argv=None):
@@ -210,13 +245,14 @@ def main(argv=None):
     )
     parser.add_argument(
         "--json",
-        help="also write the medians (seconds) and the settings to this file",
+        help="also write the medians (seconds), the step memory (bytes) "
+        "and the settings to this file",
     )
     args = parser.parse_args(argv)
     names = ["none"] + [n for n in args.regularizers if n != "none"]
     names += args.variants
     rng = np.random.default_rng(0)
-    results, skipped = {}, {}
+    results, memory, skipped = {}, {}, {}
     for model_name in args.models:
         models = regularized_models(
             MODELS[model_name],
@@ -238,6 +274,8 @@ def main(argv=None):
         results[model_name] = time_steps(
             models, x, y, args.steps, args.warmup, CLOCKS[args.clock]
         )
+        memory[model_name] = step_memories(models, x, y)
+    unmeasured = peak_memory.unmeasured_reason(models["none"])
     settings = (
         f"backend={keras.backend.backend()} "
         f"jit_compile={models['none'].jit_compile} clock={args.clock} "
@@ -246,13 +284,21 @@ def main(argv=None):
         f"machine={platform.machine()} date={datetime.date.today()}"
     )
     print(settings)
-    print(table(results))
+    print(table(results, memory))
+    if unmeasured:
+        print(f"step MiB n/a: {unmeasured}")
     for row, error in skipped.items():
         print(f"skipped {row}: {error}")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(
-                {"settings": settings, "medians": results, "skipped": skipped},
+                {
+                    "settings": settings,
+                    "medians": results,
+                    "memory": memory,
+                    "memory_unmeasured": unmeasured,
+                    "skipped": skipped,
+                },
                 file,
             )
 
