@@ -40,9 +40,10 @@ class DREG(base.Penalty):
         every_n_steps: Apply it on every `k`-th training step only.
         layer_weights: Optional `{layer_name: weight}`; default 1.
         sample_size: A speed knob: compute each layer's term on the
-            first `sample_size` examples of the batch only (the forward
-            pass still runs on the whole batch; a `BatchNormalization`'s
-            scale stays the whole batch's). With `fit`'s default
+            first `sample_size` examples of the batch only (`phi'` and
+            `phi''` are evaluated on those only; the forward pass still
+            runs on the whole batch, and a `BatchNormalization`'s scale
+            stays the whole batch's). With `fit`'s default
             `shuffle=True` the batch is in random order, so this is an
             unbiased estimate of the exact penalty (with a mask of
             positions, a ratio of two unbiased means, nearly so). It is
