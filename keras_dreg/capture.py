@@ -508,10 +508,10 @@ class ActivationCapture:
             `value_and_derivatives` with it and record `phi'` and `phi''`
             too (see the module docstring). Worth it only if every
             recorded step uses them.
-        sample_size: Evaluate `phi'` and `phi''` on the first
+        sample_size: Record `phi'` and `phi''` of the first
             `sample_size` examples of the batch only (DREG's
-            `sample_size`: the penalty needs no more); `None`, every
-            example.
+            `sample_size`: the penalty needs no more; a backend's fast
+            path evaluates them there only); `None`, every example.
 
     Example:
 

@@ -40,13 +40,14 @@ class DREG(base.Penalty):
         every_n_steps: Apply it on every `k`-th training step only.
         layer_weights: Optional `{layer_name: weight}`; default 1.
         sample_size: A speed knob: compute each layer's term on the
-            first `sample_size` examples of the batch only (`phi'` and
-            `phi''` are evaluated on those only; the forward pass still
-            runs on the whole batch, and a `BatchNormalization`'s scale
-            stays the whole batch's). With `fit`'s default
-            `shuffle=True` the batch is in random order, so this is an
-            unbiased estimate of the exact penalty (with a mask of
-            positions, a ratio of two unbiased means, nearly so). It is
+            first `sample_size` examples of the batch only (the forward
+            pass still runs on the whole batch, eager PyTorch's GELU
+            evaluates `phi'` on those examples only, and a
+            `BatchNormalization`'s scale stays the whole batch's). With
+            `fit`'s default `shuffle=True` the batch is in random
+            order, so this is an unbiased estimate of the exact penalty
+            (with a mask of positions, a ratio of two unbiased means,
+            nearly so). It is
             *not* unbiased when the batches are not shuffled
             (`shuffle=False`, a sorted `tf.data` pipeline): then the
             same examples are always the ones penalized. `None` (the
