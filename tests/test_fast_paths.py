@@ -73,6 +73,22 @@ def test_fast_paths_are_found_and_can_be_turned_off():
 
 
 @torch_only
+def test_under_torch_compile_only_the_activation_has_a_fast_path(
+    monkeypatch,
+):
+    import torch
+
+    from keras_dreg.backend import torch as torch_backend
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert backend.fast_path(capture.activation_with_derivatives) is (
+        torch_backend.compiled_activation_with_derivatives
+    )
+    for reference in (penalty.mean_squared_slope, *FAST_JOINTS):
+        assert backend.fast_path(reference) is None
+
+
+@torch_only
 @pytest.mark.parametrize("permuted", [True, False])
 def test_joint_evaluations_agree(permuted):
     z = pre_activations(permuted)
@@ -136,16 +152,20 @@ def test_mean_squared_slope_agrees(joint, permuted, axes):
 @pytest.mark.parametrize("axes", [(0, 1, 2), (0,)])
 @pytest.mark.parametrize("differentiated", ["both", "activation", "penalty"])
 @pytest.mark.parametrize("rows", [None, 3])
+@pytest.mark.parametrize("compiled", [False, True])
 def test_activation_and_penalty_gradients_agree(
-    joint, permuted, axes, differentiated, rows
+    joint, permuted, axes, differentiated, rows, compiled
 ):
     """The fused activation (`capture.activation_with_derivatives`'s
     fast form), whose backward pass also carries the penalty's gradient
     into `z`, against the reference: values, and the gradient into `z`
     of `<u, phi(z)> + <v, mean(phi'(z)^2)>`, of either part alone, or
     both; the penalty on every example or (`rows`, as `sample_size`
-    cuts it) on the first 3 of 8."""
+    cuts it) on the first 3 of 8. `compiled`: the forms `torch.compile`
+    traces (the activation's, with the reference penalty), run eagerly."""
     import torch
+
+    from keras_dreg.backend import torch as torch_backend
 
     z = pre_activations(permuted)
     rng = np.random.default_rng(2)
@@ -157,10 +177,14 @@ def test_activation_and_penalty_gradients_agree(
         evaluate = backend.fast_path(capture.activation_with_derivatives) or (
             capture.activation_with_derivatives
         )
-        output, slope, curvature = evaluate(leaf, joint, rows)
         mean = backend.fast_path(penalty.mean_squared_slope) or (
             penalty.mean_squared_slope
         )
+        if compiled and evaluate is not capture.activation_with_derivatives:
+            # What torch.compile traces: the activation's form only.
+            evaluate = torch_backend.compiled_activation_with_derivatives
+            mean = penalty.mean_squared_slope
+        output, slope, curvature = evaluate(leaf, joint, rows)
         sample = leaf if rows is None else leaf[:rows]
         term = torch.sum(mean(sample, slope, curvature, axes) * v)
         loss = {

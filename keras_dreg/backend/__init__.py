@@ -82,11 +82,12 @@ def fast_path(reference: Callable) -> Callable | None:
     evaluation `z -> (phi, phi', phi'')` may return the function `phi''`
     in place of its values, which `keras_dreg.penalty.mean_squared_slope`
     (and its fast form, in the backward pass) then evaluates at `z`.
-    Today: eager PyTorch (not under `torch.compile`, whose compiler
-    fuses the `keras.ops` form itself) has fused forms of the exact
-    GELU's joint evaluation, of the activation that records it (whose
-    backward pass also carries the penalty's gradient into `z`) and of
-    the penalty's per-unit `mean(phi'(z)^2)` (see
+    Today: eager PyTorch has fused forms of the exact GELU's joint
+    evaluation, of the activation that records it (whose backward pass
+    also carries the penalty's gradient into `z`) and of the penalty's
+    per-unit `mean(phi'(z)^2)`; under `torch.compile`, whose compiler
+    fuses the `keras.ops` form, only the activation has one (torch's
+    `gelu`, so that Inductor keeps less for the backward pass; see
     `keras_dreg.backend.torch`). TensorFlow and JAX have none.
 
     Example:
