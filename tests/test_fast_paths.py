@@ -1,4 +1,5 @@
-"""The backends' fast paths agree with the `keras.ops` definitions.
+"""PyTorch's fast paths agree with the `keras.ops` definitions
+(TensorFlow and JAX have none: `tests/test_backend.py`).
 
 Each fast path (`keras_dreg.backend.fast_path`) must give the values and
 the gradients (with respect to `z` and to the kernel) of the `keras.ops`
@@ -23,28 +24,16 @@ from keras_dreg import derivatives
 from keras_dreg import penalty
 from tests.conftest import to_numpy
 
-BACKEND = keras.backend.backend()
-torch_only = pytest.mark.skipif(
-    BACKEND != "torch", reason="PyTorch's fast paths"
-)
+if keras.backend.backend() != "torch":
+    pytest.skip(
+        "PyTorch's fast paths; TensorFlow and JAX have none "
+        "(tests/test_backend.py checks that)",
+        allow_module_level=True,
+    )
 
-FAST_JOINTS = (
-    [derivatives.describe_activation("gelu").value_and_derivatives]
-    if BACKEND == "torch"
-    else []
-)
+FAST_JOINTS = [derivatives.describe_activation("gelu").value_and_derivatives]
 """The joint evaluations with a fast path: PyTorch's exact GELU (torch's
-fused kernels); TensorFlow and JAX have none."""
-
-TORCH_JOINTS = FAST_JOINTS if BACKEND == "torch" else [None]
-"""What PyTorch's own tests (`torch_only`) take: skipped elsewhere."""
-
-OTHER_JOINTS = [
-    derivatives.describe_activation(name).value_and_derivatives
-    for name in ("tanh", "sigmoid", "silu")
-] + [derivatives.describe_activation(keras.ops.gelu).value_and_derivatives]
-"""Joint evaluations without a fast path on any backend (the tanh GELU
-has no fused torch kernel)."""
+fused kernels)."""
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
@@ -59,20 +48,6 @@ def pre_activations(permuted):
     return keras.ops.transpose(z, (0, 2, 3, 1)) if permuted else z
 
 
-def test_fast_paths_are_found_and_can_be_turned_off():
-    for joint in FAST_JOINTS:
-        assert backend.fast_path(joint) is not None
-    assert all(backend.fast_path(joint) is None for joint in OTHER_JOINTS)
-    assert (backend.fast_path(penalty.mean_squared_slope) is not None) == (
-        BACKEND == "torch"
-    )
-    with backend.fast_paths(False):
-        assert all(backend.fast_path(j) is None for j in FAST_JOINTS)
-        assert backend.fast_path(capture.activation_with_derivatives) is None
-    assert backend.fast_path(len) is None
-
-
-@torch_only
 def test_under_torch_compile_only_the_activation_has_a_fast_path(
     monkeypatch,
 ):
@@ -88,7 +63,6 @@ def test_under_torch_compile_only_the_activation_has_a_fast_path(
         assert backend.fast_path(reference) is None
 
 
-@torch_only
 @pytest.mark.parametrize("permuted", [True, False])
 def test_joint_evaluations_agree(permuted):
     z = pre_activations(permuted)
@@ -112,8 +86,7 @@ def test_joint_evaluations_agree(permuted):
             )
 
 
-@torch_only
-@pytest.mark.parametrize("joint", TORCH_JOINTS)
+@pytest.mark.parametrize("joint", FAST_JOINTS)
 @pytest.mark.parametrize("permuted", [True, False])
 @pytest.mark.parametrize("axes", [(0, 1, 2), (0,)])
 def test_mean_squared_slope_agrees(joint, permuted, axes):
@@ -146,8 +119,7 @@ def test_mean_squared_slope_agrees(joint, permuted, axes):
             )
 
 
-@torch_only
-@pytest.mark.parametrize("joint", TORCH_JOINTS)
+@pytest.mark.parametrize("joint", FAST_JOINTS)
 @pytest.mark.parametrize("permuted", [True, False])
 @pytest.mark.parametrize("axes", [(0, 1, 2), (0,)])
 @pytest.mark.parametrize("differentiated", ["both", "activation", "penalty"])
@@ -247,7 +219,6 @@ def penalty_and_gradients(model, x, sample_size, captured_rows):
     return [loss, *terms, *grads]
 
 
-@torch_only
 @pytest.mark.parametrize(
     "sample_size, captured_rows", [(None, None), (3, 3), (3, None), (4, 4)]
 )
@@ -267,7 +238,6 @@ def test_layer_penalty_and_gradients_agree_end_to_end(
         np.testing.assert_allclose(to_numpy(got), to_numpy(want), **TOLERANCE)
 
 
-@torch_only
 @pytest.mark.parametrize("permuted", [True, False])
 def test_the_token_stands_for_its_z_or_its_first_rows_only(permuted):
     """The penalty's gradient takes the activation's token only for the
