@@ -47,12 +47,11 @@ class DREG(base.Penalty):
             `fit`'s default `shuffle=True` the batch is in random
             order, so this is an unbiased estimate of the exact penalty
             (with a mask of positions, a ratio of two unbiased means,
-            nearly so). It is
-            *not* unbiased when the batches are not shuffled
-            (`shuffle=False`, a sorted `tf.data` pipeline): then the
-            same examples are always the ones penalized. `None` (the
-            default) uses every example; a `sample_size` of at least the
-            batch size gives exactly the default's value.
+            nearly so). It is *not* unbiased when the batches are not
+            shuffled (`shuffle=False`, a sorted `tf.data` pipeline):
+            then the same examples are always the ones penalized.
+            `None` (the default) uses every example; a `sample_size` of
+            at least the batch size gives exactly the default's value.
 
     Example:
 
