@@ -23,6 +23,7 @@ from keras_dreg import capture
 from keras_dreg import derivatives
 from keras_dreg import penalty
 from tests.conftest import to_numpy
+from tests.test_backend import FAST_JOINTS
 
 if keras.backend.backend() != "torch":
     pytest.skip(
@@ -30,10 +31,6 @@ if keras.backend.backend() != "torch":
         "(tests/test_backend.py checks that)",
         allow_module_level=True,
     )
-
-FAST_JOINTS = [derivatives.describe_activation("gelu").value_and_derivatives]
-"""The joint evaluations with a fast path: PyTorch's exact GELU (torch's
-fused kernels)."""
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)
 
