@@ -482,7 +482,16 @@ def _first_examples(k, pre_activation, evaluated, mask):
         evaluated = tuple(t if callable(t) else t[:k] for t in evaluated)
     if mask is not None and tuple(mask.shape[:1]) == (pre_activation.shape[0],):
         mask = mask[:k]
-    return pre_activation[:k], evaluated, mask
+    return _first_rows(pre_activation, k), evaluated, mask
+
+
+def _first_rows(tensor, k):
+    """`tensor[:k]`, cut with `keras.ops.slice`, whose gradient on
+    TensorFlow is a `Pad` (multithreaded); `[:k]`'s, `StridedSliceGrad`,
+    took about 1.8 ms per step on a 128x26x26x32 float32 tensor on one
+    thread."""
+    rest = list(ops.shape(tensor)[1:])
+    return ops.slice(tensor, [0] * len(tensor.shape), [k, *rest])
 
 
 def takes_every_example(sample_size: int | None, tensor) -> bool:
