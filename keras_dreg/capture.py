@@ -544,6 +544,24 @@ class ActivationCapture:
         """This thread's records, one list per site, while recording."""
         return getattr(self._local, "records", None)
 
+    def take_records(self) -> list[list[Record]]:
+        """This thread's records, one list per site, handed over: the
+        capture's own lists are emptied, so the next forward pass of the
+        step records afresh and no tensor of this one stays reachable
+        from the capture.
+
+        Under `torch.compile` a tensor still reachable when the graph
+        breaks at `loss.backward()` becomes an output of the compiled
+        forward graph; AOTAutograd then keeps it until the backward pass
+        and feeds that pass a zero gradient of its size (one `z`-sized
+        `zeros` per layer and step).
+        """
+        records = self.records
+        taken = [list(site_records) for site_records in records]
+        for site_records in records:
+            site_records.clear()
+        return taken
+
     @contextlib.contextmanager
     def recording(self):
         """Hooks the sites for the duration of the block.

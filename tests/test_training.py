@@ -307,6 +307,40 @@ def test_torch_compile_splits_the_step_no_more_than_for_a_plain_model():
     assert graphs[0.5] == graphs[None]
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="torch.compile's graphs"
+)
+def test_torch_compile_keeps_no_recorded_tensor_past_the_forward_pass():
+    """A recorded `z` still reachable when TorchDynamo breaks the graph at
+    `loss.backward()` becomes an output of the compiled forward graph,
+    kept until the backward pass, which then allocates it a zero
+    gradient. Measured: the extra peak memory of a compiled DREG step
+    over the plain one, on one GELU layer of 256 units, batch 128 (`z`:
+    128 KiB), is under one `z` with `stop_gradient_derivative=True`
+    (where no `phi'` need be kept) and under two for exact DREG."""
+    from benchmarks import peak_memory
+
+    rng = np.random.default_rng(0)
+    x = keras.ops.convert_to_tensor(rng.normal(size=(128, 8)).astype("f4"))
+    y = keras.ops.convert_to_tensor(rng.integers(0, 3, size=(128,)))
+    z_bytes = 128 * 256 * 4
+
+    def step_memory(options):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8,))
+        hidden = keras.layers.Dense(256, activation="gelu")(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+        if options is not None:
+            model = keras_dreg.wrap(model, **options)
+        return peak_memory.step_memory(_compile(model, True), x, y)
+
+    plain = step_memory(None)
+    stop_gradient = step_memory({"stop_gradient_derivative": True})
+    exact = step_memory({})
+    assert stop_gradient - plain < z_bytes, (plain, stop_gradient)
+    assert exact - plain < 2 * z_bytes, (plain, exact)
+
+
 def _assert_train_alike(first, second, x, y, rtol=1e-4):
     """Two `(model, jit_compile)` give the same logs and weights after two
     SGD steps on `(x, y)`."""

@@ -70,11 +70,24 @@ class CustomStep(keras_dreg.DREGRegularizedModel):
         return {m.name: m.result() for m in self.metrics}
 
 
-@pytest.mark.skipif(
+class TwoPassStep(CustomStep):
+    """A step with an extra forward pass before the one it trains on (a
+    teacher or consistency pass, say)."""
+
+    def train_step(self, data):
+        x, _ = data
+        self(2.0 * x, training=True)
+        return super().train_step(data)
+
+
+NOT_ON_JAX = pytest.mark.skipif(
     BACKEND == "jax",
     reason="JAX's train_step(state, data) is a stateless loop: "
     "test_jitted_stateless_call_loop_matches_fit covers that pattern",
 )
+
+
+@NOT_ON_JAX
 def test_user_train_step_override_carries_the_penalty():
     base = _base()
     model = CustomStep(base.inputs, base.outputs, lam=1.0)
@@ -82,6 +95,18 @@ def test_user_train_step_override_carries_the_penalty():
     expected = float(to_numpy(model.dreg_penalty(X)))
     assert expected > 0.1
     np.testing.assert_allclose(gap, expected, rtol=1e-5)
+
+
+@NOT_ON_JAX
+def test_each_forward_pass_of_a_step_carries_its_own_penalty():
+    """The loss of the pass trained on carries the penalty of that pass's
+    activations only, not of the step's earlier passes too."""
+    base = _base()
+    model = TwoPassStep(base.inputs, base.outputs, lam=1.0)
+    gap = _fit_minus_evaluate(model)
+    own, other = (float(to_numpy(model.dreg_penalty(x))) for x in (X, 2 * X))
+    assert abs(other - own) > 0.1 * own
+    np.testing.assert_allclose(gap, own, rtol=1e-5)
 
 
 def test_functional_fit_loss_minus_evaluate_is_the_penalty():

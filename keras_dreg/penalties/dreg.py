@@ -121,7 +121,7 @@ class DREG(base.Penalty):
 
     def __call__(self, model, batch):
         state = model.penalty_state(self)
-        terms = self.layer_terms(state, state.capture.records)
+        terms = self.layer_terms(state, state.capture.take_records())
         return ops.sum(ops.stack(list(terms.values())))
 
     def layer_terms(self, state: "DREGState", records) -> dict:
