@@ -485,11 +485,10 @@ def _first_examples(k, pre_activation, evaluated, mask):
     return _first_rows(pre_activation, k), evaluated, mask
 
 
-def _first_rows(tensor, k):
-    """`tensor[:k]`, cut with `keras.ops.slice`, whose gradient on
-    TensorFlow is a `Pad` (multithreaded); `[:k]`'s, `StridedSliceGrad`,
-    took about 1.8 ms per step on a 128x26x26x32 float32 tensor on one
-    thread."""
+def _first_rows(tensor, k: int):
+    """`tensor[:k]`, cut with `keras.ops.slice`: on TensorFlow its
+    gradient is a `Pad`, where `[:k]`'s is a `StridedSliceGrad`, 3.5 ms
+    slower on a 128x26x26x32 float32 tensor (2 threads)."""
     rest = list(ops.shape(tensor)[1:])
     return ops.slice(tensor, [0] * len(tensor.shape), [k, *rest])
 
