@@ -132,9 +132,11 @@ def compiled_activation_with_derivatives(z, value_and_derivatives, rows=None):
 
     The reference's activation is a Keras `custom_gradient`, which on
     PyTorch saves all its inputs (`z`, `phi(z)` and `phi'(z)`) for the
-    backward pass, and Inductor keeps them: with this form the
-    benchmark's CNN step needs 1.68x the plain step's memory instead of
-    2.02x (MLP 1.80x instead of 1.99x), in the same time.
+    backward pass, and Inductor keeps them: this form took the
+    benchmark's CNN step from 2.02x the plain step's memory to 1.68x
+    (MLP 1.99x to 1.80x), in the same time (measured at `4a54865`;
+    `ActivationCapture.take_records` has since brought the CNN to 1.14x
+    and the MLP to 1.46x, docs/benchmarks.md).
 
     Example:
 
