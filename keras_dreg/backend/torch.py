@@ -156,6 +156,8 @@ def compiled_activation_with_derivatives(z, value_and_derivatives, rows=None):
             z, value_and_derivatives, rows
         )
     first = z if penalty.takes_every_example(rows, z) else z[:rows]
+    # Not `gelu_slope`: its `out=` form, functionalized by Inductor,
+    # measured 1.17-1.18x against 1.11-1.15x for this one (CNN).
     slope = torch.ops.aten.gelu_backward(torch.ones_like(first), first.detach())
     return torch.nn.functional.gelu(z), slope, gelu_curvature
 
